@@ -1,0 +1,25 @@
+//! Client-side load balancing across the pods of a Kubernetes headless service.
+//!
+//! A headless service (`clusterIP: None`) resolves to the address of every
+//! ready pod. This crate resolves that name with hickory, re-resolves when the
+//! answer's TTL runs out, turns each change of the set into a
+//! [`tower::discover::Discover`] stream, and spreads requests with a
+//! power-of-two-choices balancer weighted by peak-EWMA latency.
+//!
+//! ```text
+//! Target ──► Resolve ──► Refresh loop ──► endpoint set ──► DnsDiscover ──► Balancer ──► endpoint service
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod discover;
+pub mod error;
+pub mod resolve;
+pub mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use discover::{DnsDiscover, Discovery, DiscoveryStats, EmptyAnswer, RefreshPolicy};
+pub use error::{ResolveError, TargetError};
+pub use resolve::{Resolution, Resolve};
+pub use target::Target;

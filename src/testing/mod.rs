@@ -1,0 +1,1 @@
+//! Test support (cargo feature `testing`): in-process DNS servers and pods on 127.0.0.x.
