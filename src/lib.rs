@@ -19,7 +19,7 @@ pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use discover::{DnsDiscover, Discovery, DiscoveryStats, EmptyAnswer, RefreshPolicy};
+pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
 pub use error::{ResolveError, TargetError};
 pub use resolve::{Resolution, Resolve};
 pub use target::Target;

@@ -7,10 +7,17 @@
 //! ```
 //!
 //! The refresh task is spawned on the tokio runtime when the [`Discovery`] is
-//! created, so discovery progresses whether or not anyone polls the stream.
+//! created, so discovery progresses whether or not anyone polls a stream: a
+//! balancer that polls [`DnsDiscover`] only when requests arrive still sees
+//! the newest set at once, and one that polls it from its own task (as
+//! [`crate::balance`] does) applies changes while no requests flow.
 
+mod diff;
 mod dns_discover;
 mod refresh;
 
-pub use self::dns_discover::DnsDiscover;
-pub use self::refresh::{Discovery, DiscoveryStats, EmptyAnswer, EndpointSet, RefreshPolicy};
+pub use self::diff::SetDiff;
+pub use self::dns_discover::{DnsDiscover, MakeFn};
+pub use self::refresh::{
+    Discovery, DiscoveryStats, EmptyAnswer, EndpointSet, Outcome, RefreshPolicy,
+};
