@@ -453,3 +453,25 @@ async fn wait_for_panics_naming_what_it_waited_for() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn dns_server_faults_can_target_one_record_type() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(WEB, &[ip("10.0.0.1"), ip("fd00::1")], 30);
+    dns.set_fault_for(RecordType::AAAA, Fault::ServFail);
+
+    let a = udp_query(dns.addr(), WEB, RecordType::A).await;
+    assert_eq!(answer_ips(&a), vec![ip("10.0.0.1")]);
+    let aaaa = udp_query(dns.addr(), WEB, RecordType::AAAA).await;
+    assert_eq!(aaaa.metadata.response_code, ResponseCode::ServFail);
+
+    // A per-type None wins over a global fault.
+    dns.set_fault(Fault::Refused);
+    dns.set_fault_for(RecordType::A, Fault::None);
+    let a = udp_query(dns.addr(), WEB, RecordType::A).await;
+    assert_eq!(answer_ips(&a), vec![ip("10.0.0.1")]);
+
+    dns.clear_type_faults();
+    let a = udp_query(dns.addr(), WEB, RecordType::A).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::Refused);
+}

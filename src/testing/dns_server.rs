@@ -88,6 +88,8 @@ struct State {
     origin: Name,
     zone: Mutex<Zone>,
     fault: Mutex<Fault>,
+    /// Faults for one record type, which win over `fault`.
+    type_faults: Mutex<BTreeMap<RecordType, Fault>>,
     log: Mutex<Vec<(String, RecordType)>>,
 }
 
@@ -136,6 +138,7 @@ impl DnsServer {
                 serial: 1,
             }),
             fault: Mutex::new(Fault::None),
+            type_faults: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
         });
         let mut server = Server::new(ZoneHandler {
@@ -167,20 +170,29 @@ impl DnsServer {
     ///
     /// Panics if `name` is not a valid name inside the zone.
     pub fn set_ips(&self, name: &str, ips: &[IpAddr], ttl_secs: u32) {
+        let records: Vec<(IpAddr, u32)> = ips.iter().map(|ip| (*ip, ttl_secs)).collect();
+        self.set_ip_records(name, &records);
+    }
+
+    /// Like [`set_ips`](Self::set_ips), with a TTL per record, e.g. to give
+    /// the A and AAAA sets different TTLs.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `name` is not a valid name inside the zone.
+    pub fn set_ip_records(&self, name: &str, records: &[(IpAddr, u32)]) {
         let owner = self.owner(name);
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        for ip in ips {
+        for &(ip, ttl_secs) in records {
             match ip {
-                IpAddr::V4(ip) => v4.push(Record::from_rdata(
-                    owner.clone(),
-                    ttl_secs,
-                    RData::A(A(*ip)),
-                )),
+                IpAddr::V4(ip) => {
+                    v4.push(Record::from_rdata(owner.clone(), ttl_secs, RData::A(A(ip))))
+                }
                 IpAddr::V6(ip) => v6.push(Record::from_rdata(
                     owner.clone(),
                     ttl_secs,
-                    RData::AAAA(AAAA(*ip)),
+                    RData::AAAA(AAAA(ip)),
                 )),
             }
         }
@@ -240,9 +252,23 @@ impl DnsServer {
         lock(&self.state.zone).negative_ttl = ttl_secs;
     }
 
-    /// Switches how the server answers from now on.
+    /// Switches how the server answers from now on, for every query type
+    /// without its own [`set_fault_for`](Self::set_fault_for).
     pub fn set_fault(&self, fault: Fault) {
         *lock(&self.state.fault) = fault;
+    }
+
+    /// Switches how the server answers queries of `record_type` only, e.g.
+    /// AAAA queries timing out while A queries work. `Fault::None` here
+    /// answers that type normally whatever [`set_fault`](Self::set_fault) says;
+    /// [`clear_type_faults`](Self::clear_type_faults) removes all of these.
+    pub fn set_fault_for(&self, record_type: RecordType, fault: Fault) {
+        lock(&self.state.type_faults).insert(record_type, fault);
+    }
+
+    /// Removes every [`set_fault_for`](Self::set_fault_for).
+    pub fn clear_type_faults(&self) {
+        lock(&self.state.type_faults).clear();
     }
 
     /// The number of queries received since start or [`reset_counts`](Self::reset_counts),
@@ -454,7 +480,10 @@ impl RequestHandler for ZoneHandler {
             lock(&self.state.log).push((normalize(&name.to_ascii()), *record_type));
         }
 
-        let fault = *lock(&self.state.fault);
+        let type_fault = question
+            .as_ref()
+            .and_then(|(_, t)| lock(&self.state.type_faults).get(t).copied());
+        let fault = type_fault.unwrap_or_else(|| *lock(&self.state.fault));
         // Section contents and the response code, computed under the lock and
         // then owned, because sending awaits.
         let (code, answers, authority, additionals) = match (fault, &question) {
