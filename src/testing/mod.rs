@@ -30,3 +30,7 @@ mod wait;
 pub use self::dns_server::{DnsServer, Fault};
 pub use self::faulty_dns::{FaultyDns, FaultyMode};
 pub use self::wait::{wait_for, wait_for_async};
+
+/// The record types [`DnsServer::queries_for`] and [`DnsServer::set_fault_for`]
+/// take, re-exported so that tests need no direct hickory dependency.
+pub use hickory_proto::rr::RecordType;
