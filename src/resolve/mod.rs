@@ -16,7 +16,7 @@ use crate::target::Target;
 
 mod hickory;
 
-pub use self::hickory::{HickoryResolver, HickoryResolverBuilder};
+pub use self::hickory::{HickoryResolver, HickoryResolverBuilder, ResolverConfigError};
 
 /// The outcome of one successful lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
