@@ -4,15 +4,148 @@ use std::time::Duration;
 
 /// A target string that cannot be used, with the problem named.
 ///
-/// Returned by [`Target::from_str`](crate::Target). Every variant says what is wrong
-/// and, where it helps, which part of the input.
+/// Returned by [`Target::from_str`](crate::Target) and
+/// [`Target::new`](crate::Target::new). Every variant says what is wrong and,
+/// where it helps, which part of the input; user input inside messages is
+/// `Debug`-quoted so that control characters cannot garble a log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TargetError {
     /// The input was empty.
     #[error("target is empty")]
     Empty,
-    // Variants are completed by the target parser.
+    /// The input starts or ends with whitespace; it is rejected rather than
+    /// trimmed, since stray whitespace usually means a mangled config value.
+    #[error("target {input:?} has leading or trailing whitespace")]
+    SurroundingWhitespace {
+        /// The whole input.
+        input: String,
+    },
+    /// A `scheme://` other than `dns://`.
+    #[error("unknown scheme {scheme:?}: only `dns://` is supported")]
+    UnknownScheme {
+        /// The scheme as written, without `://`.
+        scheme: String,
+    },
+    /// `dns://` without the `/` that ends the nameserver part, as in
+    /// `dns://web:80` (meant: `dns:///web:80`).
+    #[error(
+        "target {input:?} has no `/` after the nameserver: write `dns:///host:port` \
+         or `dns://IP:PORT/host:port`"
+    )]
+    MissingPath {
+        /// The whole input.
+        input: String,
+    },
+    /// The nameserver in `dns://NAMESERVER/…` is not an `IP:PORT`.
+    #[error("nameserver {nameserver:?} is not IP:PORT (e.g. `10.96.0.10:53` or `[::1]:53`)")]
+    InvalidNameserver {
+        /// The nameserver part as written.
+        nameserver: String,
+    },
+    /// The nameserver in `dns://NAMESERVER/…` is an IP without a port.
+    #[error("nameserver {nameserver:?} has no port: write IP:PORT (IPv6 in brackets, `[::1]:53`)")]
+    NameserverMissingPort {
+        /// The nameserver part as written.
+        nameserver: String,
+    },
+    /// The nameserver in `dns://NAMESERVER/…` has port 0.
+    #[error("nameserver {nameserver:?} has port 0")]
+    NameserverZeroPort {
+        /// The nameserver part as written.
+        nameserver: String,
+    },
+    /// There is no host before the port, or nothing after `dns:///`.
+    #[error("target {input:?} has no host")]
+    MissingHost {
+        /// The whole input.
+        input: String,
+    },
+    /// A non-SRV target without a port (`web`, `web:`).
+    #[error("target {input:?} has no port: write host:port, or `_service._proto.host` for SRV")]
+    MissingPort {
+        /// The whole input.
+        input: String,
+    },
+    /// The port is not a decimal number from 1 to 65535.
+    #[error("invalid port {port:?}: expected a number from 1 to 65535")]
+    InvalidPort {
+        /// The port as written.
+        port: String,
+    },
+    /// The port is 0.
+    #[error("port 0 is not allowed")]
+    ZeroPort,
+    /// An SRV target (`_service._proto.host`) with a port: SRV records carry the ports.
+    #[error("SRV target {name:?} takes no port (got {port:?}): ports come from the SRV records")]
+    PortWithSrv {
+        /// The SRV name as written.
+        name: String,
+        /// The port as written.
+        port: String,
+    },
+    /// A name starting with `_` that is not `_service._proto.host`.
+    #[error("invalid SRV name {name:?}: expected `_service._proto.host`, e.g. `_http._tcp.web`")]
+    InvalidSrvName {
+        /// The name as written.
+        name: String,
+    },
+    /// An empty label: `web..x`, `.web`, or a name that is only `.`.
+    #[error("name {name:?} has an empty label")]
+    EmptyLabel {
+        /// The name as written.
+        name: String,
+    },
+    /// A label longer than 63 bytes (RFC 1035 §2.3.4).
+    #[error("label {label:?} is {len} bytes long; at most 63 are allowed")]
+    LabelTooLong {
+        /// The label as written.
+        label: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A name longer than 253 bytes, not counting one trailing dot.
+    #[error("name is {len} bytes long; at most 253 are allowed")]
+    NameTooLong {
+        /// Its length in bytes, without a trailing dot.
+        len: usize,
+    },
+    /// A character other than an ASCII letter, digit or hyphen in a label
+    /// (RFC 1123 §2.1); internationalised names must be given in punycode.
+    #[error(
+        "invalid character {ch:?} in label {label:?}: only letters, digits and `-` are allowed"
+    )]
+    InvalidCharacter {
+        /// The first offending character.
+        ch: char,
+        /// The label it is in.
+        label: String,
+    },
+    /// A label that starts or ends with `-`.
+    #[error("label {label:?} starts or ends with `-`")]
+    HyphenAtLabelEdge {
+        /// The label as written.
+        label: String,
+    },
+    /// A name whose last label is all digits: not a host name (RFC 1123 §2.1),
+    /// and not a valid IPv4 address either (`10.0.0.300`, `1.2.3`, `010.0.0.1`).
+    #[error("{name:?} is neither an IPv4 address nor a host name (its last label is all digits)")]
+    NumericTopLabel {
+        /// The name as written.
+        name: String,
+    },
+    /// A bracketed host that is not a valid IPv6 address, or a bracket left open.
+    #[error("{host:?} is not a valid bracketed IPv6 address (e.g. `[::1]:80`)")]
+    InvalidIpv6 {
+        /// The host as written.
+        host: String,
+    },
+    /// An IPv6 address without brackets, where the port cannot be told apart.
+    #[error("IPv6 address in {host:?} must be in brackets, e.g. `[::1]:80`")]
+    UnbracketedIpv6 {
+        /// The host and port as written.
+        host: String,
+    },
 }
 
 /// Why one DNS lookup produced no endpoints.
