@@ -14,12 +14,13 @@
 
 pub mod discover;
 pub mod error;
+pub mod http;
 pub mod resolve;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use discover::{DnsDiscover, Discovery, DiscoveryStats, EmptyAnswer, RefreshPolicy};
+pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
 pub use error::{ResolveError, TargetError};
 pub use resolve::{Resolution, Resolve};
 pub use target::Target;
