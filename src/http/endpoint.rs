@@ -105,7 +105,7 @@ enum Slot<B> {
     Ready(Conn<B>),
 }
 
-/// The future [`HttpEndpoint::call`] returns.
+/// The future `HttpEndpoint::call` returns.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, BoxError>> + Send>>;
 
@@ -130,7 +130,7 @@ impl HttpEndpointBuilder {
 impl<C> HttpEndpointBuilder<C> {
     /// The authority every request carries (`Host` for HTTP/1.1, `:authority`
     /// for HTTP/2), usually the service name and port:
-    /// `web.default.svc.cluster.local:8080`. [default: none]
+    /// `web.default.svc.cluster.local:8080`. Default: none.
     ///
     /// Without one, a request's own URI authority is used, then its `Host`
     /// header, then the pod's address (`10.0.0.7:8080`, `[fd00::7]:8080`).
@@ -139,23 +139,24 @@ impl<C> HttpEndpointBuilder<C> {
         self
     }
 
-    /// How long opening a connection (the connector's work plus nothing
-    /// else) may take. [`DEFAULT_CONNECT_TIMEOUT`]
+    /// How long opening a connection (the connector's work) may take.
+    /// Default: [`DEFAULT_CONNECT_TIMEOUT`] (1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// The most HTTP/1.1 connections open to one endpoint; at least 1.
-    /// Ignored for HTTP/2, which uses one. [`DEFAULT_MAX_CONNECTIONS`]
+    /// Ignored for HTTP/2, which uses one. Default:
+    /// [`DEFAULT_MAX_CONNECTIONS`] (16).
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
         self
     }
 
     /// How long one endpoint may take to send response headers, after which
-    /// the call fails with [`RequestTimeout`]. [default: none; a client-wide
-    /// timeout layer usually covers this]
+    /// the call fails with [`RequestTimeout`]. Default: none (a client-wide
+    /// timeout layer usually covers this).
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
         self
@@ -336,10 +337,10 @@ where
                 // body read or dropped); hyper closes it on a failed exchange.
                 let pool = Arc::downgrade(&self.pool);
                 tokio::spawn(async move {
-                    if tx.ready().await.is_ok() {
-                        if let Some(pool) = pool.upgrade() {
-                            pool.checkin(Conn::H1(tx));
-                        }
+                    if tx.ready().await.is_ok()
+                        && let Some(pool) = pool.upgrade()
+                    {
+                        pool.checkin(Conn::H1(tx));
                     }
                 });
                 Box::pin(response) as Pin<Box<dyn Future<Output = _> + Send>>

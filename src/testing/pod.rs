@@ -108,18 +108,18 @@ impl Pod {
         self.addr
     }
 
-    /// Waits this long before answering each request. [default: none]
+    /// Waits this long before answering each request. Default: none.
     pub fn set_delay(&self, delay: Duration) {
         *lock(&self.state.delay) = delay;
     }
 
-    /// Answers with this status (the body is still the address). [200]
+    /// Answers with this status (the body is still the address). Default: 200.
     pub fn set_status(&self, status: StatusCode) {
         self.state.status.store(status.as_u16(), Ordering::Relaxed);
     }
 
     /// While on, requests are read but not answered; turning it off lets the
-    /// held requests proceed. [off]
+    /// held requests proceed. Default: off.
     pub fn set_hang(&self, hang: bool) {
         self.state.hang.send_replace(hang);
     }
