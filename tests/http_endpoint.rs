@@ -348,3 +348,40 @@ async fn make_service_builds_one_endpoint_per_address() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(seen, pod.addr().to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_callers_all_complete_within_the_connection_cap() {
+    for (ip, protocol) in [
+        ("127.0.0.28:0", Protocol::Http1),
+        ("127.0.0.29:0", Protocol::Http2),
+    ] {
+        let pod = Pod::start(addr(ip)).await.unwrap();
+        let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(protocol)
+            .max_connections(4)
+            .make(pod.addr());
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        let (status, _, _) = send(&svc, "/").await.unwrap();
+                        assert_eq!(status, StatusCode::OK);
+                    }
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        tokio::time::timeout(DEADLINE, all)
+            .await
+            .expect("no caller is left waiting")
+            .into_iter()
+            .for_each(|r| r.unwrap());
+        assert_eq!(pod.requests(), 500);
+        let cap = if protocol == Protocol::Http1 { 4 } else { 1 };
+        assert!(
+            pod.connections() <= cap,
+            "{protocol:?}: {} connections",
+            pod.connections()
+        );
+    }
+}

@@ -333,17 +333,28 @@ where
         let response = match conn {
             Conn::H1(mut tx) => {
                 let response = tx.try_send_request(req);
-                // Back to the idle list once this exchange is over (response
-                // body read or dropped); hyper closes it on a failed exchange.
                 let pool = Arc::downgrade(&self.pool);
-                tokio::spawn(async move {
-                    if tx.ready().await.is_ok()
-                        && let Some(pool) = pool.upgrade()
-                    {
-                        pool.checkin(Conn::H1(tx));
+                Box::pin(async move {
+                    let result = response.await;
+                    if result.is_ok() {
+                        // Back to the idle list once the exchange is over
+                        // (response body read or dropped). Not before the
+                        // response head: until hyper's dispatcher has taken
+                        // the request, `ready()` can report a stale "ready"
+                        // (see `Receiver::poll_recv` in hyper's dispatch.rs),
+                        // and a second request would queue behind this one.
+                        tokio::spawn(async move {
+                            if tx.ready().await.is_ok()
+                                && let Some(pool) = pool.upgrade()
+                            {
+                                pool.checkin(Conn::H1(tx));
+                            }
+                        });
                     }
-                });
-                Box::pin(response) as Pin<Box<dyn Future<Output = _> + Send>>
+                    // On error `tx` is dropped: hyper closes a connection whose
+                    // exchange failed or was cancelled.
+                    result
+                }) as Pin<Box<dyn Future<Output = _> + Send>>
             }
             Conn::H2(mut tx) => Box::pin(tx.try_send_request(req)),
         };
