@@ -14,6 +14,7 @@
 
 pub mod discover;
 pub mod error;
+pub mod http;
 pub mod resolve;
 pub mod target;
 #[cfg(feature = "testing")]

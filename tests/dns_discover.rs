@@ -24,7 +24,10 @@ fn ips(lasts: &[u8]) -> Vec<IpAddr> {
 }
 
 fn addrs(lasts: &[u8]) -> BTreeSet<SocketAddr> {
-    lasts.iter().map(|l| SocketAddr::new(ip(*l), PORT)).collect()
+    lasts
+        .iter()
+        .map(|l| SocketAddr::new(ip(*l), PORT))
+        .collect()
 }
 
 fn discovery(dns: &DnsServer, policy: RefreshPolicy) -> Discovery {
@@ -56,11 +59,16 @@ async fn expect_changes<M>(
             Ok(Some(Ok(Change::Insert(a, ())))) => assert!(ins.insert(a), "{a} inserted twice"),
             Ok(Some(Ok(Change::Remove(a)))) => assert!(rem.insert(a), "{a} removed twice"),
             Ok(other) => panic!("stream ended: {other:?}"),
-            Err(_) => panic!("after {deadline:?}: inserted {ins:?}, removed {rem:?}; want {want:?}"),
+            Err(_) => {
+                panic!("after {deadline:?}: inserted {ins:?}, removed {rem:?}; want {want:?}")
+            }
         }
     }
     // Exactly those: nothing else is pending.
-    assert!(futures::poll!(discover.next()).is_pending(), "extra changes");
+    assert!(
+        futures::poll!(discover.next()).is_pending(),
+        "extra changes"
+    );
 }
 
 #[tokio::test]
@@ -96,13 +104,19 @@ async fn respects_the_ttl_and_clamps_it() {
     .await;
     let gap = first.elapsed();
     // TTL 2 s with ±10 % jitter; the first wait saw query 1 up to 10 ms late.
-    assert!(gap >= Duration::from_millis(1750), "re-queried after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1750),
+        "re-queried after {gap:?}"
+    );
     assert_eq!(dns.queries_for(NAME, RecordType::A), 2);
 
     for (ttl, lo, hi) in [(0u32, 0.9, 1.1), (86_400, 27.0, 33.0)] {
         dns.set_ips(NAME, &ips(&[11]), ttl);
         let d = discovery(&dns, RefreshPolicy::default());
-        wait_for(Duration::from_secs(2), "a lookup", || d.stats().lookups >= 1).await;
+        wait_for(Duration::from_secs(2), "a lookup", || {
+            d.stats().lookups >= 1
+        })
+        .await;
         let s = d.stats();
         let interval = (s.next_refresh.unwrap() - s.last_refresh.unwrap()).as_secs_f64();
         assert!(
@@ -117,18 +131,27 @@ async fn keeps_last_good_set_while_dns_is_silent_or_failing_then_catches_up() {
     let dns = DnsServer::start().await.unwrap();
     dns.set_ips(NAME, &ips(&[11, 12]), 1);
     let d = discovery(&dns, RefreshPolicy::default());
-    wait_for(Duration::from_secs(2), "first set", || d.endpoints().len() == 2).await;
+    wait_for(Duration::from_secs(2), "first set", || {
+        d.endpoints().len() == 2
+    })
+    .await;
 
     dns.set_fault(Fault::Silent);
     wait_for(Duration::from_secs(3), "a timed-out lookup", || {
-        d.stats().last_error.as_ref().is_some_and(ResolveError::is_timeout)
+        d.stats()
+            .last_error
+            .as_ref()
+            .is_some_and(ResolveError::is_timeout)
     })
     .await;
     assert_eq!(*d.endpoints(), addrs(&[11, 12]), "kept while silent");
 
     dns.set_fault(Fault::ServFail);
     wait_for(Duration::from_secs(5), "a SERVFAIL", || {
-        matches!(d.stats().last_error, Some(ResolveError::ServerFailure { .. }))
+        matches!(
+            d.stats().last_error,
+            Some(ResolveError::ServerFailure { .. })
+        )
     })
     .await;
     assert_eq!(*d.endpoints(), addrs(&[11, 12]), "kept on SERVFAIL");
@@ -137,16 +160,21 @@ async fn keeps_last_good_set_while_dns_is_silent_or_failing_then_catches_up() {
     // A change made during the outage is picked up after recovery.
     dns.set_ips(NAME, &ips(&[12, 13]), 1);
     dns.set_fault(Fault::None);
-    wait_for(Duration::from_secs(10), "the new set after recovery", || {
-        *d.endpoints() == addrs(&[12, 13])
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the new set after recovery",
+        || *d.endpoints() == addrs(&[12, 13]),
+    )
     .await;
     assert_eq!(d.stats().consecutive_failures, 0);
 }
 
 #[tokio::test]
 async fn nxdomain_keeps_or_clears_the_set_as_configured() {
-    for (mode, cleared) in [(EmptyAnswer::KeepLastGood, false), (EmptyAnswer::Clear, true)] {
+    for (mode, cleared) in [
+        (EmptyAnswer::KeepLastGood, false),
+        (EmptyAnswer::Clear, true),
+    ] {
         let dns = DnsServer::start().await.unwrap();
         dns.set_negative_ttl(1);
         dns.set_ips(NAME, &ips(&[11, 12]), 1);
@@ -155,10 +183,16 @@ async fn nxdomain_keeps_or_clears_the_set_as_configured() {
             ..RefreshPolicy::default()
         };
         let d = discovery(&dns, policy);
-        wait_for(Duration::from_secs(2), "first set", || d.endpoints().len() == 2).await;
+        wait_for(Duration::from_secs(2), "first set", || {
+            d.endpoints().len() == 2
+        })
+        .await;
         dns.remove(NAME);
         wait_for(Duration::from_secs(3), "an NXDOMAIN", || {
-            d.stats().last_error.as_ref().is_some_and(ResolveError::is_no_records)
+            d.stats()
+                .last_error
+                .as_ref()
+                .is_some_and(ResolveError::is_no_records)
         })
         .await;
         assert_eq!(d.endpoints().is_empty(), cleared, "{mode:?}");
@@ -208,14 +242,21 @@ async fn feeds_tower_p2c_balance_and_requests_flow() {
     dns.set_ips(NAME, &ips(&[11, 12, 13]), 1);
     let d = discovery(&dns, RefreshPolicy::default());
     let discover = DnsDiscover::from_fn(d, |addr: SocketAddr| {
-        let svc = tower::service_fn(move |()| async move { Ok::<_, std::convert::Infallible>(addr) });
+        let svc =
+            tower::service_fn(move |()| async move { Ok::<_, std::convert::Infallible>(addr) });
         tower::load::Constant::new(svc, 0u32)
     });
     let mut balance = tower::balance::p2c::Balance::new(discover);
     let mut seen = BTreeSet::new();
     for _ in 0..200 {
         let addr = tokio::time::timeout(Duration::from_secs(3), async {
-            balance.ready().await.expect("ready").call(()).await.expect("call")
+            balance
+                .ready()
+                .await
+                .expect("ready")
+                .call(())
+                .await
+                .expect("call")
         })
         .await
         .expect("request within 3 s");

@@ -8,6 +8,8 @@
 //!   clients run, with query counting and a runtime fault switch.
 //! - [`FaultyDns`]: a deliberately broken responder for the failure modes a
 //!   well-behaved server never shows: truncation, garbage, TCP refused, delay.
+//! - [`Pod`]: a real HTTP/1.1 + h2c server on a 127.0.0.x address that answers
+//!   with its own address, and can be made slow, failing, hung, killed and restarted.
 //! - [`wait_for`] / [`wait_for_async`]: poll a condition with a deadline instead
 //!   of sleeping a fixed time.
 //!
@@ -34,3 +36,6 @@ pub use self::wait::{wait_for, wait_for_async};
 /// The record types [`DnsServer::queries_for`] and [`DnsServer::set_fault_for`]
 /// take, re-exported so that tests need no direct hickory dependency.
 pub use hickory_proto::rr::RecordType;
+
+mod pod;
+pub use self::pod::{AUTHORITY_HEADER, Pod};

@@ -1,0 +1,424 @@
+//! [`HttpEndpoint`]: the HTTP client service for one pod, and the builder that makes one per address.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+
+use super::error::{BoxError, NotSent, RequestTimeout};
+use super::pool::{Checkout, Conn, Pool};
+use super::rewrite::{Addressing, Restore};
+use super::{Connect, RequestBody, TcpConnector};
+
+/// Default for [`HttpEndpointBuilder::connect_timeout`]: 1 s.
+///
+/// Inside a cluster a connect takes well under a millisecond; a pod that has
+/// not answered a SYN within a second is down or overloaded, and the request
+/// is better sent elsewhere (it was never sent, so that is safe).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default for [`HttpEndpointBuilder::max_connections`]: 16 HTTP/1.1
+/// connections per endpoint.
+///
+/// HTTP/1.1 carries one request per connection at a time, so this caps the
+/// requests in flight to one pod; further callers wait in `poll_ready`, which
+/// the balancer sees as load.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// The HTTP version spoken to every endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 over a pool of connections, one request at a time on each.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c, no upgrade dance), every request
+    /// multiplexed over one connection.
+    Http2,
+}
+
+/// Settings shared by every endpoint of a target, and the factory for
+/// [`HttpEndpoint`]s.
+///
+/// ```
+/// use headless_lb::http::{HttpEndpointBuilder, Protocol};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let endpoints = HttpEndpointBuilder::new(Protocol::Http2)
+///     .authority("web.default.svc.cluster.local:8080".parse()?)
+///     .connect_timeout(std::time::Duration::from_millis(500));
+/// # let _ = endpoints;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct HttpEndpointBuilder<C = TcpConnector> {
+    protocol: Protocol,
+    authority: Option<Authority>,
+    connect_timeout: Duration,
+    max_connections: usize,
+    request_timeout: Option<Duration>,
+    connector: C,
+}
+
+/// The [`tower::Service<SocketAddr>`] form of [`HttpEndpointBuilder`], for
+/// discovery code that takes a `MakeService`. Never fails; connecting happens
+/// in the endpoint's `poll_ready`.
+pub struct MakeHttpEndpoint<B, C = TcpConnector> {
+    builder: HttpEndpointBuilder<C>,
+    _body: PhantomData<fn(B)>,
+}
+
+/// The HTTP client service for one endpoint (one pod).
+///
+/// # Contract with the balancer
+///
+/// - `poll_ready` hands out a connection, **opening one** if none is idle
+///   (HTTP/1.1: while fewer than `max_connections` are open; HTTP/2: the one
+///   shared connection), and fails with a [`ConnectError`](super::ConnectError)
+///   if connecting fails. Calling `ready()` on a fresh clone is therefore both
+///   a warm-up and a health check.
+/// - `call` sends the request on the connection `poll_ready` reserved. If the
+///   connection closed before the request was written, the error is a
+///   [`NotSent`] carrying the request back unchanged; any other error may
+///   have reached the server.
+/// - Clones share the connections; each clone holds at most one reservation,
+///   released when it is used or dropped.
+///
+/// The request's URI may be a path or a full URI naming the service; see
+/// [`HttpEndpointBuilder::authority`] for what the server sees.
+pub struct HttpEndpoint<B, C = TcpConnector> {
+    pool: Arc<Pool<B, C>>,
+    slot: Slot<B>,
+}
+
+/// This clone's place in line.
+enum Slot<B> {
+    Idle,
+    Waiting { id: Option<u64>, failures_seen: u64 },
+    Ready(Conn<B>),
+}
+
+/// The future `HttpEndpoint::call` returns.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, BoxError>> + Send>>;
+
+// ===== impl HttpEndpointBuilder =====
+
+impl HttpEndpointBuilder {
+    /// Settings with the defaults: no configured authority, connect timeout
+    /// [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_MAX_CONNECTIONS`], no request
+    /// timeout, plain TCP.
+    pub fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            authority: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_timeout: None,
+            connector: TcpConnector::new(),
+        }
+    }
+}
+
+impl<C> HttpEndpointBuilder<C> {
+    /// The authority every request carries (`Host` for HTTP/1.1, `:authority`
+    /// for HTTP/2), usually the service name and port:
+    /// `web.default.svc.cluster.local:8080`. Default: none.
+    ///
+    /// Without one, a request's own URI authority is used, then its `Host`
+    /// header, then the pod's address (`10.0.0.7:8080`, `[fd00::7]:8080`).
+    pub fn authority(mut self, authority: Authority) -> Self {
+        self.authority = Some(authority);
+        self
+    }
+
+    /// How long opening a connection (the connector's work) may take.
+    /// Default: [`DEFAULT_CONNECT_TIMEOUT`] (1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most HTTP/1.1 connections open to one endpoint; at least 1.
+    /// Ignored for HTTP/2, which uses one. Default:
+    /// [`DEFAULT_MAX_CONNECTIONS`] (16).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long one endpoint may take to send response headers, after which
+    /// the call fails with [`RequestTimeout`]. Default: none (a client-wide
+    /// timeout layer usually covers this).
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Opens connections with `connector` instead of plain TCP (TLS, a Unix
+    /// socket, fault injection). The connect timeout still applies.
+    pub fn connector<C2>(self, connector: C2) -> HttpEndpointBuilder<C2> {
+        HttpEndpointBuilder {
+            protocol: self.protocol,
+            authority: self.authority,
+            connect_timeout: self.connect_timeout,
+            max_connections: self.max_connections,
+            request_timeout: self.request_timeout,
+            connector,
+        }
+    }
+
+    /// The protocol endpoints speak.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The service for the endpoint at `addr`. Cheap: no connection is opened
+    /// until the first `poll_ready`.
+    pub fn make<B>(&self, addr: SocketAddr) -> HttpEndpoint<B, C>
+    where
+        C: Clone,
+    {
+        let pool = Pool::new(
+            addr,
+            self.protocol,
+            self.connector.clone(),
+            self.connect_timeout,
+            self.max_connections,
+            self.request_timeout,
+            Addressing::new(self.authority.clone(), addr),
+        );
+        HttpEndpoint {
+            pool: Arc::new(pool),
+            slot: Slot::Idle,
+        }
+    }
+
+    /// These settings as a `tower::Service<SocketAddr>`.
+    pub fn into_make_service<B>(self) -> MakeHttpEndpoint<B, C> {
+        MakeHttpEndpoint {
+            builder: self,
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<C> fmt::Debug for HttpEndpointBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpointBuilder")
+            .field("protocol", &self.protocol)
+            .field("authority", &self.authority)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl MakeHttpEndpoint =====
+
+impl<B, C: Clone> tower::Service<SocketAddr> for MakeHttpEndpoint<B, C> {
+    type Response = HttpEndpoint<B, C>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<HttpEndpoint<B, C>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, addr: SocketAddr) -> Self::Future {
+        std::future::ready(Ok(self.builder.make(addr)))
+    }
+}
+
+impl<B, C: Clone> Clone for MakeHttpEndpoint<B, C> {
+    fn clone(&self) -> Self {
+        Self {
+            builder: self.builder.clone(),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B, C> fmt::Debug for MakeHttpEndpoint<B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MakeHttpEndpoint")
+            .field(&self.builder)
+            .finish()
+    }
+}
+
+// ===== impl HttpEndpoint =====
+
+impl<B, C> HttpEndpoint<B, C> {
+    /// The endpoint this service sends to.
+    pub fn addr(&self) -> SocketAddr {
+        self.pool.addr
+    }
+
+    /// The protocol spoken.
+    pub fn protocol(&self) -> Protocol {
+        self.pool.protocol
+    }
+
+    /// Connections open or being opened, across all clones.
+    pub fn connections(&self) -> usize {
+        self.pool.live()
+    }
+
+    /// HTTP/1.1 connections open and waiting for a request (HTTP/2: open
+    /// connections), across all clones.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
+    }
+}
+
+impl<B, C> tower::Service<http::Request<B>> for HttpEndpoint<B, C>
+where
+    B: RequestBody,
+    C: Connect,
+{
+    type Response = http::Response<Incoming>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Slot::Ready(conn) = &self.slot {
+            if !conn.is_closed() {
+                return Poll::Ready(Ok(()));
+            }
+            self.slot = Slot::Idle;
+        }
+        let (mut id, failures_seen) = match std::mem::replace(&mut self.slot, Slot::Idle) {
+            Slot::Waiting { id, failures_seen } => (id, failures_seen),
+            _ => (None, self.pool.failures()),
+        };
+        match self.pool.checkout(&mut id, failures_seen, cx.waker()) {
+            Checkout::Ready(conn) => {
+                self.slot = Slot::Ready(conn);
+                Poll::Ready(Ok(()))
+            }
+            Checkout::Failed(err) => Poll::Ready(Err(err.into())),
+            Checkout::Wait => {
+                self.slot = Slot::Waiting { id, failures_seen };
+                Poll::Pending
+            }
+        }
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> ResponseFuture {
+        let addr = self.pool.addr;
+        let conn = match std::mem::replace(&mut self.slot, Slot::Idle) {
+            Slot::Ready(conn) => conn,
+            other => {
+                self.slot = other;
+                let err = NotSent::new(addr, req, "call() before poll_ready() was Ready".into());
+                return Box::pin(std::future::ready(Err(err.into())));
+            }
+        };
+        let restore = match self.pool.addressing.apply(self.pool.protocol, &mut req) {
+            Ok(restore) => restore,
+            Err(err) => {
+                self.pool.checkin(conn);
+                return Box::pin(std::future::ready(Err(err.into())));
+            }
+        };
+        let response = match conn {
+            Conn::H1(mut tx) => {
+                let response = tx.try_send_request(req);
+                let pool = Arc::downgrade(&self.pool);
+                Box::pin(async move {
+                    let result = response.await;
+                    if result.is_ok() {
+                        // Back to the idle list once the exchange is over
+                        // (response body read or dropped). Not before the
+                        // response head: until hyper's dispatcher has taken
+                        // the request, `ready()` can report a stale "ready"
+                        // (see `Receiver::poll_recv` in hyper's dispatch.rs),
+                        // and a second request would queue behind this one.
+                        tokio::spawn(async move {
+                            if tx.ready().await.is_ok()
+                                && let Some(pool) = pool.upgrade()
+                            {
+                                pool.checkin(Conn::H1(tx));
+                            }
+                        });
+                    }
+                    // On error `tx` is dropped: hyper closes a connection whose
+                    // exchange failed or was cancelled.
+                    result
+                }) as Pin<Box<dyn Future<Output = _> + Send>>
+            }
+            Conn::H2(mut tx) => Box::pin(tx.try_send_request(req)),
+        };
+        let timeout = self.pool.request_timeout;
+        Box::pin(async move {
+            let result = match timeout {
+                None => response.await,
+                Some(after) => match tokio::time::timeout(after, response).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => return Err(RequestTimeout::new(addr, after).into()),
+                },
+            };
+            result.map_err(|err| not_sent_or_error(addr, err, restore))
+        })
+    }
+}
+
+/// A request hyper handed back was never written: report it as [`NotSent`]
+/// with the caller's URI and `Host` restored. Anything else may have reached
+/// the server.
+fn not_sent_or_error<B: RequestBody>(
+    addr: SocketAddr,
+    mut err: TrySendError<http::Request<B>>,
+    restore: Restore,
+) -> BoxError {
+    match err.take_message() {
+        Some(mut req) => {
+            restore.undo(&mut req);
+            NotSent::new(addr, req, err.into_error().into()).into()
+        }
+        None => err.into_error().into(),
+    }
+}
+
+impl<B, C> Clone for HttpEndpoint<B, C> {
+    /// A clone shares the connections but not this clone's reservation.
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            slot: Slot::Idle,
+        }
+    }
+}
+
+impl<B, C> Drop for HttpEndpoint<B, C> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.slot, Slot::Idle) {
+            Slot::Idle => {}
+            Slot::Waiting { id, .. } => {
+                if let Some(id) = id {
+                    self.pool.cancel_wait(id);
+                }
+            }
+            Slot::Ready(conn) => self.pool.checkin(conn),
+        }
+    }
+}
+
+impl<B, C> fmt::Debug for HttpEndpoint<B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpoint")
+            .field("addr", &self.pool.addr)
+            .field("protocol", &self.pool.protocol)
+            .field("ready", &matches!(self.slot, Slot::Ready(_)))
+            .finish_non_exhaustive()
+    }
+}

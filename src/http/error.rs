@@ -1,0 +1,206 @@
+//! Errors of one endpoint's HTTP service: failed connects, requests that were never sent, timeouts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A boxed error, as tower and hyper pass them around.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opening a connection to an endpoint failed.
+///
+/// Returned (boxed) by [`HttpEndpoint`](super::HttpEndpoint)'s `poll_ready`. The
+/// request was never sent, so the balancer may try another endpoint. Cloneable,
+/// because every caller waiting for the same connect attempt gets the same error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("connect to {addr} failed: {kind}")]
+pub struct ConnectError {
+    addr: SocketAddr,
+    kind: ConnectErrorKind,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// What part of opening a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectErrorKind {
+    Refused,
+    Timeout,
+    Io,
+    Handshake,
+}
+
+impl fmt::Display for ConnectErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Refused => "connection refused",
+            Self::Timeout => "connect timed out",
+            Self::Io => "transport error",
+            Self::Handshake => "HTTP handshake failed",
+        })
+    }
+}
+
+// ===== impl ConnectError =====
+
+impl ConnectError {
+    /// Classifies an error from the connector: refused if an `io::Error` with
+    /// kind `ConnectionRefused` is anywhere in its source chain.
+    pub(crate) fn transport(addr: SocketAddr, err: BoxError) -> Self {
+        let mut refused = false;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            }
+            cur = e.source();
+        }
+        let kind = if refused {
+            ConnectErrorKind::Refused
+        } else {
+            ConnectErrorKind::Io
+        };
+        Self {
+            addr,
+            kind,
+            source: Some(Arc::from(err)),
+        }
+    }
+
+    pub(crate) fn timeout(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            kind: ConnectErrorKind::Timeout,
+            source: None,
+        }
+    }
+
+    pub(crate) fn handshake(addr: SocketAddr, err: hyper::Error) -> Self {
+        Self {
+            addr,
+            kind: ConnectErrorKind::Handshake,
+            source: Some(Arc::new(err)),
+        }
+    }
+
+    /// The endpoint that could not be reached.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// True when the endpoint actively refused the connection (nothing listens).
+    pub fn is_refused(&self) -> bool {
+        self.kind == ConnectErrorKind::Refused
+    }
+
+    /// True when the connect timeout elapsed first.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ConnectErrorKind::Timeout
+    }
+
+    /// True when the transport connected but the HTTP handshake failed.
+    pub fn is_handshake(&self) -> bool {
+        self.kind == ConnectErrorKind::Handshake
+    }
+}
+
+/// A request that was never written to any connection, handed back whole.
+///
+/// Returned (boxed, as the service error) by [`HttpEndpoint`](super::HttpEndpoint)'s
+/// `call` when the connection closed before the request was written: hyper's
+/// `try_send_request` recovers the message in that case. The request is exactly
+/// what the caller passed in (URI and `Host` are restored), so it is safe to
+/// send it to another endpoint. Any other `call` error may have reached the
+/// server, and must not be retried blindly.
+///
+/// Recover it from a [`BoxError`] with [`NotSent::downcast`].
+pub struct NotSent<B> {
+    addr: SocketAddr,
+    // A `Mutex` only so that `NotSent` is `Sync` (a `BoxError` must be) for
+    // bodies that are `Send` but not `Sync`; it is never contended.
+    request: Mutex<http::Request<B>>,
+    source: BoxError,
+}
+
+// ===== impl NotSent =====
+
+impl<B> NotSent<B> {
+    pub(crate) fn new(addr: SocketAddr, request: http::Request<B>, source: BoxError) -> Self {
+        Self {
+            addr,
+            request: Mutex::new(request),
+            source,
+        }
+    }
+
+    /// The endpoint the request was meant for.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The request, as it was passed to `call`.
+    pub fn into_request(self) -> http::Request<B> {
+        self.request
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<B: 'static> NotSent<B> {
+    /// Takes a `NotSent` with body type `B` out of a boxed error, or gives the
+    /// error back unchanged.
+    #[allow(clippy::result_large_err)]
+    pub fn downcast(err: BoxError) -> Result<Self, BoxError> {
+        err.downcast::<Self>().map(|b| *b)
+    }
+
+    /// True when `err` is a `NotSent` with body type `B`.
+    pub fn is(err: &(dyn std::error::Error + 'static)) -> bool {
+        err.is::<Self>()
+    }
+}
+
+impl<B> fmt::Debug for NotSent<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotSent")
+            .field("addr", &self.addr)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> fmt::Display for NotSent<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request not sent to {}", self.addr)
+    }
+}
+
+impl<B> std::error::Error for NotSent<B> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// The endpoint did not answer within the configured request timeout.
+///
+/// The request may have reached the server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{addr} did not answer within {after:?}")]
+pub struct RequestTimeout {
+    addr: SocketAddr,
+    after: Duration,
+}
+
+// ===== impl RequestTimeout =====
+
+impl RequestTimeout {
+    pub(crate) fn new(addr: SocketAddr, after: Duration) -> Self {
+        Self { addr, after }
+    }
+
+    /// The endpoint that did not answer.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}

@@ -1,0 +1,289 @@
+//! The connections of one endpoint, shared by every clone of its service.
+//!
+//! ```text
+//!             checkout ──► idle? ──yes──► Ready(conn)          (HTTP/1: taken out; HTTP/2: cloned)
+//!                            │no
+//!                   live < max? ──yes──► spawn connect ──┐
+//!                            │no                         │ success: push to idle, wake all
+//!                         wait (waker) ◄─────────────────┘ failure: record, wake all
+//! ```
+//!
+//! `live` counts connections being opened plus connections whose driver task
+//! is running; a driver decrements it when its connection ends. Driver and
+//! check-in tasks hold only a `Weak` to the pool, so dropping the last service
+//! clone drops the idle senders, and hyper then closes each connection once
+//! its in-flight requests are done.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Waker;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+
+use super::error::ConnectError;
+use super::rewrite::Addressing;
+use super::{Connect, Protocol, RequestBody};
+
+/// A sender for one connection.
+pub(crate) enum Conn<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+/// Everything the clones of one endpoint service share.
+pub(crate) struct Pool<B, C> {
+    pub(crate) addr: SocketAddr,
+    pub(crate) protocol: Protocol,
+    pub(crate) connector: C,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) addressing: Addressing,
+    state: Mutex<State<B>>,
+}
+
+struct State<B> {
+    /// HTTP/1: idle connections, most recently used last. HTTP/2: live connections.
+    idle: Vec<Conn<B>>,
+    live: usize,
+    /// Failed connect attempts so far; a waiter that sees this grow fails too.
+    failures: u64,
+    last_error: Option<ConnectError>,
+    waiters: HashMap<u64, Waker>,
+    next_waiter: u64,
+}
+
+/// The outcome of one [`Pool::checkout`].
+pub(crate) enum Checkout<B> {
+    Ready(Conn<B>),
+    Failed(ConnectError),
+    Wait,
+}
+
+// ===== impl Conn =====
+
+impl<B> Conn<B> {
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(tx) => tx.is_closed(),
+            Conn::H2(tx) => tx.is_closed(),
+        }
+    }
+}
+
+// ===== impl Pool =====
+
+impl<B, C> Pool<B, C> {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        protocol: Protocol,
+        connector: C,
+        connect_timeout: Duration,
+        max_connections: usize,
+        request_timeout: Option<Duration>,
+        addressing: Addressing,
+    ) -> Self {
+        Self {
+            addr,
+            protocol,
+            connector,
+            connect_timeout,
+            max_connections: match protocol {
+                Protocol::Http1 => max_connections.max(1),
+                Protocol::Http2 => 1,
+            },
+            request_timeout,
+            addressing,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                live: 0,
+                failures: 0,
+                last_error: None,
+                waiters: HashMap::new(),
+                next_waiter: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
+        // Nothing panics while holding the lock; recover rather than cascade.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connections open or being opened.
+    pub(crate) fn live(&self) -> usize {
+        self.lock().live
+    }
+
+    /// HTTP/1 connections waiting for a request (HTTP/2: open connections).
+    pub(crate) fn idle(&self) -> usize {
+        let mut st = self.lock();
+        st.idle.retain(|c| !c.is_closed());
+        st.idle.len()
+    }
+
+    /// The number of failed connects so far, the baseline for a new waiter.
+    pub(crate) fn failures(&self) -> u64 {
+        self.lock().failures
+    }
+
+    /// Returns a usable connection, an error if a connect failed since the
+    /// caller started waiting (`failures_seen`), or registers `waker` under
+    /// `waiter` and asks for a new connection if the cap allows.
+    pub(crate) fn checkout(
+        self: &Arc<Self>,
+        waiter: &mut Option<u64>,
+        failures_seen: u64,
+        waker: &Waker,
+    ) -> Checkout<B>
+    where
+        B: RequestBody,
+        C: Connect,
+    {
+        let mut st = self.lock();
+        st.idle.retain(|c| !c.is_closed());
+        let found = match self.protocol {
+            Protocol::Http1 => st.idle.pop(),
+            Protocol::Http2 => st.idle.first().map(|c| match c {
+                Conn::H2(tx) => Conn::H2(tx.clone()),
+                Conn::H1(_) => unreachable!("HTTP/2 pool holds an HTTP/1 connection"),
+            }),
+        };
+        if let Some(conn) = found {
+            if let Some(id) = waiter.take() {
+                st.waiters.remove(&id);
+            }
+            return Checkout::Ready(conn);
+        }
+        if st.failures > failures_seen {
+            if let Some(id) = waiter.take() {
+                st.waiters.remove(&id);
+            }
+            let err = st
+                .last_error
+                .clone()
+                .expect("failures > 0 records an error");
+            return Checkout::Failed(err);
+        }
+        if st.live < self.max_connections {
+            st.live += 1;
+            tokio::spawn(connect(self.clone()));
+        }
+        let id = *waiter.get_or_insert_with(|| {
+            st.next_waiter += 1;
+            st.next_waiter
+        });
+        st.waiters.insert(id, waker.clone());
+        Checkout::Wait
+    }
+
+    /// Forgets a waiter that went away.
+    pub(crate) fn cancel_wait(&self, id: u64) {
+        self.lock().waiters.remove(&id);
+    }
+
+    /// Returns an unused or finished HTTP/1 connection to the idle list.
+    pub(crate) fn checkin(&self, conn: Conn<B>) {
+        if matches!(conn, Conn::H2(_)) || conn.is_closed() {
+            return;
+        }
+        let mut st = self.lock();
+        st.idle.push(conn);
+        wake_all(st);
+    }
+
+    fn connected(&self, result: Result<Conn<B>, ConnectError>) {
+        let mut st = self.lock();
+        match result {
+            Ok(conn) => st.idle.push(conn),
+            Err(err) => {
+                st.live -= 1;
+                st.failures += 1;
+                st.last_error = Some(err);
+            }
+        }
+        wake_all(st);
+    }
+
+    fn closed(&self) {
+        let mut st = self.lock();
+        st.live -= 1;
+        wake_all(st);
+    }
+}
+
+fn wake_all<B>(mut st: MutexGuard<'_, State<B>>) {
+    let wakers: Vec<Waker> = st.waiters.drain().map(|(_, w)| w).collect();
+    drop(st);
+    for w in wakers {
+        w.wake();
+    }
+}
+
+/// Opens one connection and publishes the outcome to the pool.
+async fn connect<B, C>(pool: Arc<Pool<B, C>>)
+where
+    B: RequestBody,
+    C: Connect,
+{
+    let result = open(&pool).await;
+    match &result {
+        Ok(_) => tracing::debug!(endpoint = %pool.addr, protocol = ?pool.protocol, "connected"),
+        Err(err) => tracing::debug!(endpoint = %pool.addr, error = %err, "connect failed"),
+    }
+    pool.connected(result);
+}
+
+async fn open<B, C>(pool: &Arc<Pool<B, C>>) -> Result<Conn<B>, ConnectError>
+where
+    B: RequestBody,
+    C: Connect,
+{
+    let addr = pool.addr;
+    let io = match tokio::time::timeout(pool.connect_timeout, pool.connector.clone().oneshot(addr))
+        .await
+    {
+        Ok(Ok(io)) => io,
+        Ok(Err(err)) => return Err(ConnectError::transport(addr, err.into())),
+        Err(_elapsed) => return Err(ConnectError::timeout(addr)),
+    };
+    let weak = Arc::downgrade(pool);
+    match pool.protocol {
+        Protocol::Http1 => {
+            let (tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::handshake(addr, e))?;
+            // From here on the driver owns the `live` slot: report success even
+            // if the connection dies at once; checkout skips closed senders.
+            tokio::spawn(drive(weak, addr, conn));
+            Ok(Conn::H1(tx))
+        }
+        Protocol::Http2 => {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::handshake(addr, e))?;
+            tokio::spawn(drive(weak, addr, conn));
+            Ok(Conn::H2(tx))
+        }
+    }
+}
+
+/// Runs one connection to its end, then gives its slot back.
+async fn drive<B, C, F>(pool: Weak<Pool<B, C>>, addr: SocketAddr, conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>>,
+{
+    match conn.await {
+        Ok(()) => tracing::debug!(endpoint = %addr, "connection closed"),
+        Err(err) => tracing::debug!(endpoint = %addr, error = %err, "connection failed"),
+    }
+    if let Some(pool) = pool.upgrade() {
+        pool.closed();
+    }
+}

@@ -1,0 +1,290 @@
+//! [`Pod`]: a real HTTP/1.1 + h2c server on a loopback address, with knobs for latency, errors, hangs and crashes.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The response header carrying the authority a pod saw (`Host` for
+/// HTTP/1.1, `:authority` for HTTP/2).
+pub const AUTHORITY_HEADER: &str = "x-pod-authority";
+
+/// A pod: an HTTP server answering every request with `200 OK` and its
+/// listen address as the body, speaking HTTP/1.1 and HTTP/2 with prior
+/// knowledge on the same port.
+///
+/// Several pods can listen on distinct loopback addresses (127.0.0.11,
+/// 127.0.0.12, …), which on Linux needs no setup. Runtime controls change
+/// how it answers: [`set_delay`](Self::set_delay),
+/// [`set_status`](Self::set_status), [`set_hang`](Self::set_hang); and whether
+/// it runs at all: [`kill`](Self::kill), [`restart`](Self::restart).
+/// Dropping a `Pod` kills it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use headless_lb::testing::Pod;
+///
+/// let pod = Pod::start("127.0.0.11:0".parse().unwrap()).await?;
+/// pod.set_delay(std::time::Duration::from_millis(50));
+/// assert_eq!(pod.requests(), 0);
+/// pod.kill().await; // connections are refused from here on
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Pod {
+    addr: SocketAddr,
+    state: Arc<PodState>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct PodState {
+    addr: SocketAddr,
+    body: Bytes,
+    delay: Mutex<Duration>,
+    status: AtomicU16,
+    hang: watch::Sender<bool>,
+    /// Bumped by every `kill`, to end requests that outlive their
+    /// connection (HTTP/2 runs each request in a task of its own).
+    kills: watch::Sender<u64>,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    connections: AtomicU64,
+    last_authority: Mutex<Option<String>>,
+    last_version: Mutex<Option<Version>>,
+    /// One task per accepted connection, so that `kill` can abort them all.
+    conns: Mutex<JoinSet<()>>,
+}
+
+/// Decrements the in-flight count when a request ends, answered or not.
+struct InFlight(Arc<PodState>);
+
+// ===== impl Pod =====
+
+impl Pod {
+    /// Binds `addr` (port 0 picks a free port) and starts serving.
+    pub async fn start(addr: SocketAddr) -> io::Result<Pod> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(PodState {
+            addr,
+            body: Bytes::from(addr.to_string()),
+            delay: Mutex::new(Duration::ZERO),
+            status: AtomicU16::new(StatusCode::OK.as_u16()),
+            hang: watch::Sender::new(false),
+            kills: watch::Sender::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            last_authority: Mutex::new(None),
+            last_version: Mutex::new(None),
+            conns: Mutex::new(JoinSet::new()),
+        });
+        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        tracing::debug!(pod = %addr, "pod started");
+        Ok(Pod {
+            addr,
+            state,
+            accept: Mutex::new(Some(accept)),
+        })
+    }
+
+    /// The address the pod listens on (with the real port if 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits this long before answering each request. Default: none.
+    pub fn set_delay(&self, delay: Duration) {
+        *lock(&self.state.delay) = delay;
+    }
+
+    /// Answers with this status (the body is still the address). Default: 200.
+    pub fn set_status(&self, status: StatusCode) {
+        self.state.status.store(status.as_u16(), Ordering::Relaxed);
+    }
+
+    /// While on, requests are read but not answered; turning it off lets the
+    /// held requests proceed. Default: off.
+    pub fn set_hang(&self, hang: bool) {
+        self.state.hang.send_replace(hang);
+    }
+
+    /// Requests answered so far (any status).
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests received and not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// The authority of the last request: `Host` for HTTP/1.1, `:authority`
+    /// for HTTP/2. Also echoed in the [`AUTHORITY_HEADER`] response header.
+    pub fn last_authority(&self) -> Option<String> {
+        lock(&self.state.last_authority).clone()
+    }
+
+    /// The HTTP version of the last request.
+    pub fn last_version(&self) -> Option<Version> {
+        *lock(&self.state.last_version)
+    }
+
+    /// True between `start`/`restart` and `kill`.
+    pub fn is_running(&self) -> bool {
+        lock(&self.accept).is_some()
+    }
+
+    /// Crashes the pod: closes the listener, so new connections are refused,
+    /// and drops every open connection, as the kernel does when a process
+    /// dies. Returns once all sockets are closed. Idempotent.
+    pub async fn kill(&self) {
+        let accept = lock(&self.accept).take();
+        if let Some(accept) = accept {
+            accept.abort();
+            // Awaiting a cancelled task returns after its future (holding the
+            // listener) has been dropped.
+            let _ = accept.await;
+            tracing::debug!(pod = %self.addr, "pod killed");
+        }
+        self.state.kills.send_modify(|k| *k += 1);
+        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
+        conns.shutdown().await;
+    }
+
+    /// Listens on the same address again after [`kill`](Self::kill). Counters
+    /// and controls keep their values. A no-op while running.
+    pub async fn restart(&self) -> io::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.addr).await?;
+        let accept = tokio::spawn(accept_loop(listener, self.state.clone()));
+        *lock(&self.accept) = Some(accept);
+        tracing::debug!(pod = %self.addr, "pod restarted");
+        Ok(())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(accept) = lock(&self.accept).take() {
+            accept.abort();
+        }
+        self.state.kills.send_modify(|k| *k += 1);
+        lock(&self.state.conns).abort_all();
+    }
+}
+
+// ===== impl InFlight =====
+
+impl InFlight {
+    fn new(state: Arc<PodState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// ===== server =====
+
+async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(pod = %state.addr, error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        let conn_state = state.clone();
+        let service = service_fn(move |req| answer(conn_state.clone(), req));
+        let mut conns = lock(&state.conns);
+        // Reap finished connections so a long-lived pod does not grow.
+        while conns.try_join_next().is_some() {}
+        conns.spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::trace!(error = %err, "pod connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn answer(
+    state: Arc<PodState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let _in_flight = InFlight::new(state.clone());
+    let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    *lock(&state.last_authority) = authority.clone();
+    *lock(&state.last_version) = Some(req.version());
+
+    let mut killed = state.kills.subscribe();
+    let mut hang = state.hang.subscribe();
+    let wait = async {
+        let _ = hang.wait_for(|hang| !hang).await;
+        let delay = *lock(&state.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    };
+    tokio::select! {
+        () = wait => {}
+        _ = killed.changed() => {
+            // Nobody is left to read an answer.
+            return Ok(Response::new(Full::new(Bytes::new())));
+        }
+    }
+
+    let status = StatusCode::from_u16(state.status.load(Ordering::Relaxed))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(Full::new(state.body.clone()));
+    *response.status_mut() = status;
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        response.headers_mut().insert(AUTHORITY_HEADER, value);
+    }
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    Ok(response)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,387 @@
+//! The per-endpoint HTTP service against real pods on 127.0.0.x: connecting in
+//! `poll_ready`, addressing, pooling, crashes, and requests handed back unsent.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use headless_lb::http::{
+    BoxError, ConnectError, HttpEndpoint, HttpEndpointBuilder, NotSent, Protocol, RequestTimeout,
+};
+use headless_lb::testing::{AUTHORITY_HEADER, Pod};
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+
+type Body = Full<Bytes>;
+
+const SERVICE: &str = "web.default.svc.cluster.local:8080";
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn endpoint(protocol: Protocol, pod: &Pod) -> HttpEndpoint<Body> {
+    HttpEndpointBuilder::new(protocol)
+        .authority(SERVICE.parse().unwrap())
+        .make(pod.addr())
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::default()).unwrap()
+}
+
+/// Polls `cond` until it holds, failing the test after [`DEADLINE`].
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sends one request and returns status, body and the authority the pod saw.
+async fn send(
+    svc: &HttpEndpoint<Body>,
+    uri: &str,
+) -> Result<(StatusCode, String, String), BoxError> {
+    let response = svc.clone().oneshot(get(uri)).await?;
+    let status = response.status();
+    let seen = response.headers()[AUTHORITY_HEADER].to_str()?.to_owned();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec())?, seen))
+}
+
+fn connect_error(err: BoxError) -> ConnectError {
+    match err.downcast::<ConnectError>() {
+        Ok(err) => *err,
+        Err(err) => panic!("expected a ConnectError, got {err}"),
+    }
+}
+
+#[test]
+fn endpoint_is_a_cloneable_send_sync_service() {
+    fn assert_service<S>()
+    where
+        S: Service<Request<Body>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+    {
+    }
+    assert_service::<HttpEndpoint<Body>>();
+}
+
+#[tokio::test]
+async fn ready_opens_a_connection_before_any_request() {
+    for (ip, protocol) in [
+        ("127.0.0.11:0", Protocol::Http1),
+        ("127.0.0.12:0", Protocol::Http2),
+    ] {
+        let pod = Pod::start(addr(ip)).await.unwrap();
+        let svc = endpoint(protocol, &pod);
+        assert_eq!(
+            svc.connections(),
+            0,
+            "{protocol:?}: nothing opened before ready"
+        );
+        svc.clone().ready().await.unwrap();
+        assert_eq!(svc.connections(), 1);
+        wait_until("the pod accepted", || pod.connections() == 1).await;
+        assert_eq!(pod.requests(), 0);
+    }
+}
+
+#[tokio::test]
+async fn ready_fails_fast_with_a_refused_connect_error_on_a_closed_port() {
+    let pod = Pod::start(addr("127.0.0.13:0")).await.unwrap();
+    pod.kill().await;
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let svc = endpoint(protocol, &pod);
+        let start = Instant::now();
+        let err = connect_error(svc.clone().ready().await.unwrap_err());
+        assert!(err.is_refused(), "{err}");
+        assert_eq!(err.addr(), pod.addr());
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert_eq!(svc.connections(), 0);
+    }
+}
+
+/// A connector whose connects never finish, like a pod that drops SYNs.
+#[derive(Clone)]
+struct Blackhole;
+
+impl Service<SocketAddr> for Blackhole {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: SocketAddr) -> Self::Future {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn connect_timeout_applies_to_any_connector() {
+    let svc: HttpEndpoint<Body, Blackhole> = HttpEndpointBuilder::new(Protocol::Http1)
+        .connect_timeout(Duration::from_millis(300))
+        .connector(Blackhole)
+        .make(addr("127.0.0.14:8080"));
+    let start = tokio::time::Instant::now();
+    let err = connect_error(svc.clone().ready().await.unwrap_err());
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn waiters_on_one_connect_all_get_its_error() {
+    let pod = Pod::start(addr("127.0.0.15:0")).await.unwrap();
+    pod.kill().await;
+    let svc = endpoint(Protocol::Http2, &pod);
+    let results = futures::future::join_all((0..5).map(|_| svc.clone().ready_oneshot())).await;
+    for result in results {
+        assert!(connect_error(result.unwrap_err()).is_refused());
+    }
+}
+
+#[tokio::test]
+async fn both_protocols_answer_200_with_the_pod_address_and_the_service_authority() {
+    for (ip, protocol, version) in [
+        ("127.0.0.16:0", Protocol::Http1, Version::HTTP_11),
+        ("127.0.0.17:0", Protocol::Http2, Version::HTTP_2),
+    ] {
+        let pod = Pod::start(addr(ip)).await.unwrap();
+        let svc = endpoint(protocol, &pod);
+        for uri in [
+            "/api/x",
+            "http://web.default.svc.cluster.local:8080/api/y?z=1",
+        ] {
+            let (status, body, seen) = send(&svc, uri).await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, pod.addr().to_string());
+            assert_eq!(seen, SERVICE, "{protocol:?} {uri}");
+            assert_eq!(pod.last_authority().as_deref(), Some(SERVICE));
+            assert_eq!(pod.last_version(), Some(version));
+        }
+        assert_eq!(pod.requests(), 2);
+    }
+}
+
+#[tokio::test]
+async fn ipv6_pod_is_reached_and_addressed_with_brackets() {
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let pod = Pod::start(addr("[::1]:0")).await.unwrap();
+        // No configured authority: the endpoint's own address is used.
+        let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(protocol).make(pod.addr());
+        let (status, body, seen) = send(&svc, "/").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("[::1]:{}", pod.addr().port()));
+        assert_eq!(seen, format!("[::1]:{}", pod.addr().port()), "{protocol:?}");
+    }
+}
+
+#[tokio::test]
+async fn http1_pool_reuses_an_idle_connection() {
+    let pod = Pod::start(addr("127.0.0.18:0")).await.unwrap();
+    let svc = endpoint(Protocol::Http1, &pod);
+    for _ in 0..10 {
+        send(&svc, "/").await.unwrap();
+        // The connection returns to the pool once the exchange is over.
+        wait_until("the connection is idle again", || {
+            svc.idle_connections() == 1
+        })
+        .await;
+    }
+    assert_eq!(pod.requests(), 10);
+    assert_eq!(pod.connections(), 1);
+    assert_eq!(svc.connections(), 1);
+}
+
+#[tokio::test]
+async fn http1_pool_opens_connections_up_to_the_cap_then_waits() {
+    let pod = Pod::start(addr("127.0.0.19:0")).await.unwrap();
+    pod.set_hang(true);
+    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http1)
+        .max_connections(3)
+        .make(pod.addr());
+    let held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(send_owned(svc.clone())))
+        .collect();
+    wait_until("three requests are held", || pod.in_flight() == 3).await;
+    assert_eq!(pod.connections(), 3);
+
+    let mut fourth = svc.clone();
+    let mut ready = Box::pin(fourth.ready());
+    assert!(
+        (&mut ready).now_or_never().is_none(),
+        "a fourth connection must wait"
+    );
+    pod.set_hang(false);
+    ready.await.unwrap();
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(pod.connections(), 3);
+}
+
+async fn send_owned(svc: HttpEndpoint<Body>) -> Result<StatusCode, BoxError> {
+    let response = svc.oneshot(get("/")).await?;
+    Ok(response.status())
+}
+
+#[tokio::test]
+async fn http2_multiplexes_concurrent_requests_over_one_connection() {
+    let pod = Pod::start(addr("127.0.0.20:0")).await.unwrap();
+    pod.set_hang(true);
+    let svc = endpoint(Protocol::Http2, &pod);
+    let held: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(send_owned(svc.clone())))
+        .collect();
+    wait_until("five requests are held", || pod.in_flight() == 5).await;
+    pod.set_hang(false);
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(pod.connections(), 1);
+    assert_eq!(svc.connections(), 1);
+}
+
+#[tokio::test]
+async fn ready_fails_after_kill_and_succeeds_after_restart() {
+    for (ip, protocol) in [
+        ("127.0.0.21:0", Protocol::Http1),
+        ("127.0.0.22:0", Protocol::Http2),
+    ] {
+        let pod = Pod::start(addr(ip)).await.unwrap();
+        let svc = endpoint(protocol, &pod);
+        send(&svc, "/").await.unwrap();
+
+        pod.kill().await;
+        wait_until("the endpoint saw its connection close", || {
+            svc.connections() == 0
+        })
+        .await;
+        let err = connect_error(svc.clone().ready().await.unwrap_err());
+        assert!(err.is_refused(), "{protocol:?}: {err}");
+
+        pod.restart().await.unwrap();
+        svc.clone().ready().await.unwrap();
+        let (status, body, _) = send(&svc, "/").await.unwrap();
+        assert_eq!((status, body), (StatusCode::OK, pod.addr().to_string()));
+    }
+}
+
+#[tokio::test]
+async fn call_on_a_connection_closed_before_the_write_returns_the_request_unsent() {
+    for (ip, protocol) in [
+        ("127.0.0.23:0", Protocol::Http1),
+        ("127.0.0.24:0", Protocol::Http2),
+    ] {
+        let pod = Pod::start(addr(ip)).await.unwrap();
+        let mut svc = endpoint(protocol, &pod);
+        // Reserve a connection, then let the pod crash under it.
+        svc.ready().await.unwrap();
+        pod.kill().await;
+        wait_until("the endpoint saw its connection close", || {
+            svc.connections() == 0
+        })
+        .await;
+
+        let req = Request::post("/original")
+            .header("x-request-id", "7")
+            .body(Body::from("payload"))
+            .unwrap();
+        let err = svc.call(req).await.unwrap_err();
+        assert!(NotSent::<Body>::is(&*err), "{protocol:?}: {err}");
+        let not_sent = NotSent::<Body>::downcast(err).unwrap();
+        assert_eq!(not_sent.addr(), pod.addr());
+        let req = not_sent.into_request();
+        assert_eq!(req.uri(), "/original");
+        assert_eq!(req.headers()["x-request-id"], "7");
+        assert!(
+            req.headers().get(http::header::HOST).is_none(),
+            "Host is restored"
+        );
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "payload");
+        assert_eq!(pod.requests(), 0);
+    }
+}
+
+#[tokio::test]
+async fn call_without_ready_is_reported_as_not_sent() {
+    let pod = Pod::start(addr("127.0.0.25:0")).await.unwrap();
+    let mut svc = endpoint(Protocol::Http1, &pod);
+    let err = svc.call(get("/x")).await.unwrap_err();
+    assert_eq!(
+        NotSent::<Body>::downcast(err).unwrap().into_request().uri(),
+        "/x"
+    );
+}
+
+#[tokio::test]
+async fn request_timeout_fails_a_call_the_pod_does_not_answer() {
+    let pod = Pod::start(addr("127.0.0.26:0")).await.unwrap();
+    pod.set_hang(true);
+    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http2)
+        .request_timeout(Some(Duration::from_millis(100)))
+        .make(pod.addr());
+    let err = svc.clone().oneshot(get("/")).await.unwrap_err();
+    let err = err.downcast::<RequestTimeout>().expect("a RequestTimeout");
+    assert_eq!(err.addr(), pod.addr());
+}
+
+#[tokio::test]
+async fn make_service_builds_one_endpoint_per_address() {
+    let pod = Pod::start(addr("127.0.0.27:0")).await.unwrap();
+    let mut make = HttpEndpointBuilder::new(Protocol::Http1).into_make_service::<Body>();
+    let svc = make.ready().await.unwrap().call(pod.addr()).await.unwrap();
+    assert_eq!(svc.addr(), pod.addr());
+    let (status, _, seen) = send(&svc, "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen, pod.addr().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_callers_all_complete_within_the_connection_cap() {
+    for (ip, protocol) in [
+        ("127.0.0.28:0", Protocol::Http1),
+        ("127.0.0.29:0", Protocol::Http2),
+    ] {
+        let pod = Pod::start(addr(ip)).await.unwrap();
+        let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(protocol)
+            .max_connections(4)
+            .make(pod.addr());
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        let (status, _, _) = send(&svc, "/").await.unwrap();
+                        assert_eq!(status, StatusCode::OK);
+                    }
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        tokio::time::timeout(DEADLINE, all)
+            .await
+            .expect("no caller is left waiting")
+            .into_iter()
+            .for_each(|r| r.unwrap());
+        assert_eq!(pod.requests(), 500);
+        let cap = if protocol == Protocol::Http1 { 4 } else { 1 };
+        assert!(
+            pod.connections() <= cap,
+            "{protocol:?}: {} connections",
+            pod.connections()
+        );
+    }
+}
