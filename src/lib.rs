@@ -23,4 +23,4 @@ pub mod testing;
 pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
 pub use error::{ResolveError, TargetError};
 pub use resolve::{Resolution, Resolve};
-pub use target::Target;
+pub use target::{Host, Target};
