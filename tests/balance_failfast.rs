@@ -25,7 +25,10 @@ async fn no_endpoints_fails_after_exactly_failfast_timeout_naming_target_and_dns
     assert_eq!(start.elapsed(), DEFAULT_FAILFAST_TIMEOUT);
     assert!(error.is_no_endpoints(), "{error}");
     let message = error.to_string();
-    assert!(message.contains("dns:///echo.default.svc.cluster.local:8080"), "{message}");
+    assert!(
+        message.contains("dns:///echo.default.svc.cluster.local:8080"),
+        "{message}"
+    );
     assert!(message.contains("SERVFAIL from 10.96.0.10:53"), "{message}");
 }
 
@@ -73,7 +76,8 @@ async fn the_discover_streams_last_error_is_reported_without_a_source() {
 
     let (tx, rx) = mpsc::unbounded::<Result<Change<std::net::SocketAddr, Pod>, std::io::Error>>();
     let lb: Lb = Balancer::builder().target_name("svc:80").build(rx);
-    tx.unbounded_send(Err(std::io::Error::other("NXDOMAIN"))).unwrap();
+    tx.unbounded_send(Err(std::io::Error::other("NXDOMAIN")))
+        .unwrap();
 
     let error = lb.oneshot(1).await.unwrap_err();
 

@@ -55,8 +55,15 @@ async fn a_request_that_was_never_sent_is_tried_on_at_most_two_more_endpoints() 
     assert!(error.is_endpoint() && error.is_not_sent(), "{error}");
     let calls: Vec<_> = pods.iter().map(Pod::calls).collect();
     assert_eq!(calls.iter().sum::<usize>(), 3, "{calls:?}");
-    assert!(calls.iter().all(|&c| c <= 1), "one try per endpoint: {calls:?}");
-    let backing_off = lb.stats().iter().filter(|s| s.state == EndpointState::Backoff).count();
+    assert!(
+        calls.iter().all(|&c| c <= 1),
+        "one try per endpoint: {calls:?}"
+    );
+    let backing_off = lb
+        .stats()
+        .iter()
+        .filter(|s| s.state == EndpointState::Backoff)
+        .count();
     assert_eq!(backing_off, 3);
 }
 
@@ -69,7 +76,10 @@ async fn a_request_whose_endpoints_are_not_ready_is_tried_on_at_most_two_more() 
 
     assert!(error.is_not_sent(), "{error}");
     assert!(error.to_string().contains("connection refused"), "{error}");
-    let tries: usize = pods.iter().map(|p| p.0.ready_errors.load(std::sync::atomic::Ordering::SeqCst)).sum();
+    let tries: usize = pods
+        .iter()
+        .map(|p| p.0.ready_errors.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
     assert_eq!(tries, 3);
     assert_eq!(pods.iter().map(Pod::calls).sum::<usize>(), 0);
 }
@@ -97,7 +107,10 @@ async fn not_sent_is_found_inside_a_wrapping_error() {
     let found = NotSent::<u32>::find(&outer).expect("found in the chain");
     assert_eq!(found.take_request(), Some(7));
     assert_eq!(found.take_request(), None);
-    assert!(NotSent::<u64>::find(&outer).is_none(), "another request type");
+    assert!(
+        NotSent::<u64>::find(&outer).is_none(),
+        "another request type"
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -109,7 +122,11 @@ async fn a_request_that_may_have_reached_a_server_is_never_retried() {
 
     assert!(error.is_endpoint() && !error.is_not_sent(), "{error}");
     assert_eq!(pods.iter().map(Pod::calls).sum::<usize>(), 1);
-    let failed = lb.stats().into_iter().find(|s| Some(s.address) == error.endpoint()).unwrap();
+    let failed = lb
+        .stats()
+        .into_iter()
+        .find(|s| Some(s.address) == error.endpoint())
+        .unwrap();
     assert_eq!((failed.failures, failed.state), (1, EndpointState::Ready));
 }
 

@@ -21,7 +21,12 @@ async fn equal_endpoints_share_requests_evenly() {
     let fair = 8.0 * 500.0 / 4.0;
     for pod in &pods {
         let share = pod.calls() as f64 / fair;
-        assert!((0.8..=1.2).contains(&share), "{}: {} calls, {share:.2} of fair", pod.addr(), pod.calls());
+        assert!(
+            (0.8..=1.2).contains(&share),
+            "{}: {} calls, {share:.2} of fair",
+            pod.addr(),
+            pod.calls()
+        );
     }
 }
 
@@ -52,12 +57,23 @@ async fn a_new_endpoint_starts_from_its_peers_estimate_and_gets_its_fair_share()
     insert(&tx, &pods[3]);
     settle().await;
     let rtt = stats_of(&lb, &pods[3]).rtt;
-    assert!(rtt > 80 * MS && rtt < 120 * MS, "new endpoint starts at {rtt:?}");
+    assert!(
+        rtt > 80 * MS && rtt < 120 * MS,
+        "new endpoint starts at {rtt:?}"
+    );
     assert!(rtt != DEFAULT_RTT);
 
     let before: Vec<_> = pods.iter().map(Pod::calls).collect();
     drive(&lb, 8, 20).await; // 2 s
-    let calls: Vec<_> = pods.iter().zip(&before).map(|(p, b)| p.calls() - b).collect();
+    let calls: Vec<_> = pods
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.calls() - b)
+        .collect();
     let share = calls[3] as f64 / calls.iter().sum::<usize>() as f64;
-    assert!((0.15..=0.35).contains(&share), "new pod took {:.1} % (calls {calls:?})", share * 100.0);
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "new pod took {:.1} % (calls {calls:?})",
+        share * 100.0
+    );
 }

@@ -123,7 +123,10 @@ impl tower::Service<Request> for Pod {
             }),
             Mode::Fail => Box::pin(async move { Err("500 internal server error".into()) }),
             Mode::NotSent => Box::pin(async move {
-                Err(NotSent::new(request, "connection closed before the request was written").into())
+                Err(
+                    NotSent::new(request, "connection closed before the request was written")
+                        .into(),
+                )
             }),
             Mode::Hang => Box::pin(futures::future::pending()),
         }
@@ -171,7 +174,10 @@ pub async fn drive(lb: &Lb, workers: usize, per_worker: usize) {
             let lb = lb.clone();
             tokio::spawn(async move {
                 for i in 0..per_worker {
-                    lb.clone().oneshot((w * per_worker + i) as u32).await.unwrap();
+                    lb.clone()
+                        .oneshot((w * per_worker + i) as u32)
+                        .await
+                        .unwrap();
                 }
             })
         })
