@@ -217,3 +217,68 @@ impl ResolveError {
         }
     }
 }
+
+/// Why the [`Balancer`](crate::balance::Balancer) could not serve a request.
+///
+/// Branch with the predicates rather than by matching: [`is_no_endpoints`](Self::is_no_endpoints)
+/// means nothing was available to send to within `failfast_timeout`;
+/// [`is_endpoint`](Self::is_endpoint) means one endpoint failed the request,
+/// and [`source`](std::error::Error::source) is that endpoint service's own
+/// error (downcast it to e.g. a hyper or tonic error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BalanceError {
+    /// No endpoint became available within `failfast_timeout`.
+    #[error(
+        "no endpoint of {target} available after {waited:?}{}",
+        match .last_error { Some(e) => format!(" (last resolution error: {e})"), None => String::new() }
+    )]
+    NoEndpoints {
+        /// The target the balancer serves, as given to the builder.
+        target: String,
+        /// The last discovery error, if any was reported.
+        last_error: Option<String>,
+        /// How long the request waited.
+        waited: std::time::Duration,
+    },
+    /// The endpoint the request went to failed it.
+    #[error("endpoint {endpoint}: {source}")]
+    Endpoint {
+        /// The endpoint's address.
+        endpoint: std::net::SocketAddr,
+        /// True when the request was never written to a connection (so it is
+        /// safe to retry); false when it may have reached the server.
+        not_sent: bool,
+        /// The endpoint service's error.
+        #[source]
+        source: tower::BoxError,
+    },
+}
+
+// ===== impl BalanceError =====
+
+impl BalanceError {
+    /// True when no endpoint was available within `failfast_timeout`.
+    pub fn is_no_endpoints(&self) -> bool {
+        matches!(self, Self::NoEndpoints { .. })
+    }
+
+    /// True when an endpoint failed the request; see [`endpoint`](Self::endpoint).
+    pub fn is_endpoint(&self) -> bool {
+        matches!(self, Self::Endpoint { .. })
+    }
+
+    /// True when the request was certainly never written to a connection,
+    /// so that the caller may retry it without risk of a duplicate.
+    pub fn is_not_sent(&self) -> bool {
+        matches!(self, Self::Endpoint { not_sent: true, .. })
+    }
+
+    /// The address of the endpoint that failed the request.
+    pub fn endpoint(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Endpoint { endpoint, .. } => Some(*endpoint),
+            Self::NoEndpoints { .. } => None,
+        }
+    }
+}

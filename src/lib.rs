@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod discover;
 pub mod error;
 pub mod http;
@@ -20,7 +21,8 @@ pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use balance::{Balancer, EndpointState, EndpointStats, NotSent, PendingGuard};
 pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
-pub use error::{ResolveError, TargetError};
+pub use error::{BalanceError, ResolveError, TargetError};
 pub use resolve::{Resolution, Resolve};
 pub use target::{Host, Target};

@@ -1,0 +1,222 @@
+//! [`Builder`]: the balancer's configuration, with every default in one place.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::BoxError;
+use tower::discover::Discover;
+
+use super::completion::{CompleteOnResponse, Completion};
+use super::handle::Balancer;
+
+/// How long a request waits for an available endpoint [3 s].
+pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The RTT estimate of the first endpoint, before anything was measured [30 ms].
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The peak-EWMA decay period [10 s].
+pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+/// The first reconnect delay of a failed endpoint [100 ms].
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// The longest reconnect delay [10 s].
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How many more endpoints a request that was never sent is tried on [2].
+pub const DEFAULT_MAX_RETRIES: usize = 2;
+/// The shortest interval between two warnings about the same endpoint or
+/// about discovery [5 s].
+pub const DEFAULT_WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A source of the last discovery error, for [`BalanceError::NoEndpoints`](crate::error::BalanceError::NoEndpoints).
+pub(crate) type LastErrorSource = Arc<dyn Fn() -> Option<String> + Send + Sync + 'static>;
+
+/// Configures and starts a [`Balancer`].
+///
+/// ```no_run
+/// # use std::{convert::Infallible, net::SocketAddr, time::Duration};
+/// # use tower::discover::Change;
+/// use headless_lb::balance::Balancer;
+///
+/// # async fn demo() {
+/// # let (_tx, discover) = futures::channel::mpsc::unbounded::<Result<Change<SocketAddr, tower::util::BoxCloneSyncService<(), (), Infallible>>, Infallible>>();
+/// let balancer = Balancer::builder()
+///     .target_name("dns:///echo.default.svc.cluster.local:8080")
+///     .failfast_timeout(Duration::from_secs(1))
+///     .build(discover);
+/// # let _: Balancer<(), _> = balancer;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Builder {
+    config: Config,
+}
+
+/// The settled configuration, shared by the handle and the background task.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) target: String,
+    pub(crate) failfast_timeout: Duration,
+    pub(crate) default_rtt: Duration,
+    pub(crate) decay: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_retries: usize,
+    pub(crate) warn_interval: Duration,
+    pub(crate) last_error_source: Option<LastErrorSource>,
+}
+
+// ===== impl Builder =====
+
+impl Builder {
+    /// A builder with the defaults listed on each setter.
+    pub fn new() -> Self {
+        Self {
+            config: Config {
+                target: String::from("(unnamed)"),
+                failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,
+                default_rtt: DEFAULT_RTT,
+                decay: DEFAULT_DECAY,
+                backoff_base: DEFAULT_BACKOFF_BASE,
+                backoff_max: DEFAULT_BACKOFF_MAX,
+                max_retries: DEFAULT_MAX_RETRIES,
+                warn_interval: DEFAULT_WARN_INTERVAL,
+                last_error_source: None,
+            },
+        }
+    }
+
+    /// The name errors and logs use for what is balanced, e.g. the target
+    /// string the user wrote ["(unnamed)"].
+    pub fn target_name(mut self, name: impl Into<String>) -> Self {
+        self.config.target = name.into();
+        self
+    }
+
+    /// How long a request waits in total for an available endpoint before it
+    /// fails with `NoEndpoints` [3 s].
+    pub fn failfast_timeout(mut self, timeout: Duration) -> Self {
+        self.config.failfast_timeout = timeout;
+        self
+    }
+
+    /// The RTT estimate of an endpoint when no other endpoint has one [30 ms].
+    ///
+    /// Later endpoints start from the median estimate of the ready ones, so
+    /// that a new pod gets about its fair share instead of being flooded (a
+    /// default below its peers' estimates) or starved (above them).
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.config.default_rtt = rtt;
+        self
+    }
+
+    /// The peak-EWMA decay period: how fast an estimate forgets a peak [10 s].
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.config.decay = decay;
+        self
+    }
+
+    /// The first reconnect delay after a connection failure, doubled on every
+    /// further failure [100 ms].
+    pub fn backoff_base(mut self, base: Duration) -> Self {
+        self.config.backoff_base = base;
+        self
+    }
+
+    /// The longest reconnect delay [10 s].
+    pub fn backoff_max(mut self, max: Duration) -> Self {
+        self.config.backoff_max = max;
+        self
+    }
+
+    /// How many other endpoints a request is tried on when it was never sent
+    /// (its endpoint's `ready()` failed, or `call()` returned
+    /// [`NotSent`](super::NotSent)) [2].
+    pub fn max_retries(mut self, retries: usize) -> Self {
+        self.config.max_retries = retries;
+        self
+    }
+
+    /// Where `NoEndpoints` errors get the last discovery error from, e.g. the
+    /// DNS refresh loop's stats [the last error the `Discover` stream yielded].
+    pub fn last_error_source(
+        mut self,
+        source: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.last_error_source = Some(Arc::new(source));
+        self
+    }
+
+    /// Starts the balancer over `discover` and returns its handle.
+    ///
+    /// Spawns one background task that polls `discover`, connects new
+    /// endpoints and reconnects failed ones; it ends when the last clone of
+    /// the handle (and the last response future) is dropped.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn build<D, Req>(self, discover: D) -> Balancer<Req, D::Service>
+    where
+        D: Discover<Key = SocketAddr> + Send + 'static,
+        D::Error: Into<BoxError>,
+        D::Service: tower::Service<Req> + Clone + Send + Sync + 'static,
+        <D::Service as tower::Service<Req>>::Error: Into<BoxError>,
+        <D::Service as tower::Service<Req>>::Future: Send,
+        Req: Send + 'static,
+    {
+        self.build_with_completion(discover, CompleteOnResponse)
+    }
+
+    /// Like [`build`](Self::build), with a [`Completion`] that decides when a
+    /// request stops counting as pending (e.g. when a response stream ends).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn build_with_completion<D, Req, C>(
+        self,
+        discover: D,
+        completion: C,
+    ) -> Balancer<Req, D::Service, C>
+    where
+        D: Discover<Key = SocketAddr> + Send + 'static,
+        D::Error: Into<BoxError>,
+        D::Service: tower::Service<Req> + Clone + Send + Sync + 'static,
+        <D::Service as tower::Service<Req>>::Error: Into<BoxError>,
+        <D::Service as tower::Service<Req>>::Future: Send,
+        Req: Send + 'static,
+        C: Completion<<D::Service as tower::Service<Req>>::Response>,
+    {
+        Balancer::spawn(self.config, discover, completion)
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+// ===== impl Config =====
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("target", &self.target)
+            .field("failfast_timeout", &self.failfast_timeout)
+            .field("default_rtt", &self.default_rtt)
+            .field("decay", &self.decay)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_retries", &self.max_retries)
+            .field("warn_interval", &self.warn_interval)
+            .field("last_error_source", &self.last_error_source.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,118 @@
+//! When a request stops counting as pending: the [`PendingGuard`] and the [`Completion`] hook.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::endpoint::{Endpoint, Load};
+
+/// Counts one request as pending on its endpoint until dropped.
+///
+/// The balancer creates one when it dispatches a request (the pending count
+/// rises, so concurrent picks see it at once) and hands it, with the response,
+/// to the [`Completion`]. Dropping it lowers the count, so a cancelled request
+/// future leaves no phantom load behind. The guard also keeps the endpoint,
+/// and with it the endpoint's service, alive: an endpoint that discovery
+/// removed closes its connections only after its last guarded stream ends.
+pub struct PendingGuard {
+    endpoint: Arc<dyn AsLoad>,
+}
+
+/// Decides when a dispatched request stops counting as pending.
+///
+/// The RTT is measured from dispatch to the response (the endpoint service's
+/// future resolving); the pending count is held for as long as the
+/// [`PendingGuard`] lives. [`CompleteOnResponse`], the default, drops it with
+/// the response. For a streaming response (a gRPC server stream, a large HTTP
+/// body), implement this trait to move the guard into the response body and
+/// drop it when the stream ends, so that an endpoint busy with long streams
+/// looks busy:
+///
+/// ```
+/// use headless_lb::balance::{Completion, PendingGuard};
+///
+/// /// A body that keeps its request pending until it is finished.
+/// struct Tracked<B> {
+///     body: B,
+///     // Take and drop this when the body reports its end of stream.
+///     guard: Option<PendingGuard>,
+/// }
+///
+/// #[derive(Clone)]
+/// struct CompleteOnBodyEnd;
+///
+/// impl<B> Completion<http::Response<B>> for CompleteOnBodyEnd {
+///     type Output = http::Response<Tracked<B>>;
+///
+///     fn complete(&self, rsp: http::Response<B>, guard: PendingGuard) -> Self::Output {
+///         rsp.map(|body| Tracked { body, guard: Some(guard) })
+///     }
+/// }
+/// ```
+///
+/// This is tower's `TrackCompletion`, with the balancer's guard in place of
+/// `PeakEwma`'s handle.
+pub trait Completion<Rsp>: Clone + Send + Sync + 'static {
+    /// What the balancer's response future yields.
+    type Output;
+
+    /// Attaches `guard` to `response`, or drops it.
+    fn complete(&self, response: Rsp, guard: PendingGuard) -> Self::Output;
+}
+
+/// The default [`Completion`]: a request stops being pending when its response arrives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompleteOnResponse;
+
+/// The parts of an endpoint a guard touches, without its service type.
+pub(crate) trait AsLoad: Send + Sync + 'static {
+    fn load(&self) -> &Load;
+}
+
+// ===== impl PendingGuard =====
+
+impl PendingGuard {
+    /// Raises `endpoint`'s pending count until the guard is dropped.
+    pub(crate) fn new<S: Send + Sync + 'static>(endpoint: Arc<Endpoint<S>>) -> Self {
+        endpoint.load.pending.fetch_add(1, Ordering::Relaxed);
+        Self { endpoint }
+    }
+
+    /// The address of the endpoint the request went to.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.endpoint.load().addr
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.endpoint.load().pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for PendingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingGuard")
+            .field("endpoint", &self.endpoint())
+            .finish()
+    }
+}
+
+// ===== impl CompleteOnResponse =====
+
+impl<Rsp> Completion<Rsp> for CompleteOnResponse {
+    type Output = Rsp;
+
+    fn complete(&self, response: Rsp, _guard: PendingGuard) -> Rsp {
+        response
+    }
+}
+
+// ===== impl Endpoint =====
+
+impl<S: Send + Sync + 'static> AsLoad for Endpoint<S> {
+    fn load(&self) -> &Load {
+        &self.load
+    }
+}

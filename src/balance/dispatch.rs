@@ -1,0 +1,169 @@
+//! The request path: pick, wait, send, retry what was never sent.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+use tower::{BoxError, Service, ServiceExt};
+
+use super::completion::{Completion, PendingGuard};
+use super::endpoint::Endpoint;
+use super::handle::Balancer;
+use super::not_sent::NotSent;
+use crate::error::BalanceError;
+
+/// Serves one request through `balancer`.
+///
+/// ```text
+///  pick ──none──► wait for a new snapshot (until failfast deadline) ──► NoEndpoints
+///   │
+///   ▼
+///  ready() ──err──► mark unhealthy ──► retry elsewhere (≤ max_retries) ──► Endpoint error
+///   │
+///   ▼
+///  call() ──NotSent──► mark unhealthy ──► retry elsewhere (≤ max_retries)
+///   │ ──other err──► Endpoint error (never retried)
+///   ▼
+///  observe RTT, hand the response and the pending guard to the Completion
+/// ```
+pub(crate) async fn dispatch<Req, S, C>(
+    balancer: Balancer<Req, S, C>,
+    mut request: Req,
+) -> Result<C::Output, BalanceError>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+    C: Completion<S::Response>,
+{
+    let config = &*balancer.config;
+    let mut retries = 0;
+    let mut deadline = None;
+    loop {
+        let endpoint = match balancer.shared.pick() {
+            Some(endpoint) => endpoint,
+            None => wait_for_endpoint(&balancer, &mut deadline).await?,
+        };
+        let addr = endpoint.addr;
+        // Pending from the pick on, so that concurrent picks see this one.
+        let guard = PendingGuard::new(endpoint.clone());
+        let mut service = endpoint.service.clone();
+
+        if let Err(error) = ServiceExt::<Req>::ready(&mut service).await {
+            let error = error.into();
+            unsent_failure(&balancer, &endpoint, &error);
+            if retries < config.max_retries {
+                retries += 1;
+                tracing::debug!(endpoint = %addr, %error, retries, "endpoint not ready; retrying the request elsewhere");
+                continue;
+            }
+            return Err(endpoint_error(&endpoint, true, error));
+        }
+
+        endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
+        match service.call(request).await {
+            Ok(response) => {
+                let now = Instant::now();
+                endpoint
+                    .load
+                    .rtt
+                    .observe(now.saturating_duration_since(sent_at), now);
+                return Ok(balancer.completion.complete(response, guard));
+            }
+            Err(error) => {
+                let error = error.into();
+                let Some(not_sent) = NotSent::<Req>::find(&*error) else {
+                    endpoint.load.failures.fetch_add(1, Ordering::Relaxed);
+                    warn_failure(&balancer, &endpoint, &error, "request failed");
+                    return Err(endpoint_error(&endpoint, false, error));
+                };
+                let returned = not_sent.take_request();
+                unsent_failure(&balancer, &endpoint, &error);
+                match returned {
+                    Some(again) if retries < config.max_retries => {
+                        retries += 1;
+                        request = again;
+                        tracing::debug!(endpoint = %addr, %error, retries, "request not sent; retrying it elsewhere");
+                    }
+                    _ => return Err(endpoint_error(&endpoint, true, error)),
+                }
+            }
+        }
+    }
+}
+
+/// Waits until a pick succeeds; the deadline is set on the first wait of a
+/// request, so that all its waits together last at most `failfast_timeout`.
+async fn wait_for_endpoint<Req, S, C>(
+    balancer: &Balancer<Req, S, C>,
+    deadline: &mut Option<Instant>,
+) -> Result<Arc<Endpoint<S>>, BalanceError> {
+    let timeout = balancer.config.failfast_timeout;
+    let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+    loop {
+        // Register before looking, so that a snapshot published in between wakes us.
+        let mut changed = pin!(balancer.shared.changed().notified());
+        changed.as_mut().enable();
+        if let Some(endpoint) = balancer.shared.pick() {
+            return Ok(endpoint);
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let config = &balancer.config;
+            let last_error = config
+                .last_error_source
+                .as_ref()
+                .and_then(|source| source())
+                .or_else(|| balancer.shared.discover_error());
+            tracing::debug!(target_name = %config.target, waited = ?timeout, "no endpoint available");
+            return Err(BalanceError::NoEndpoints {
+                target: config.target.clone(),
+                last_error,
+                waited: timeout,
+            });
+        }
+    }
+}
+
+/// The request never reached the endpoint: count it, stop picking the
+/// endpoint, and let the background task reconnect it.
+fn unsent_failure<Req, S, C>(
+    balancer: &Balancer<Req, S, C>,
+    endpoint: &Endpoint<S>,
+    error: &BoxError,
+) {
+    endpoint.load.failures.fetch_add(1, Ordering::Relaxed);
+    endpoint.mark_unhealthy();
+    warn_failure(
+        balancer,
+        endpoint,
+        error,
+        "request not sent; endpoint will reconnect",
+    );
+}
+
+fn warn_failure<Req, S, C>(
+    balancer: &Balancer<Req, S, C>,
+    endpoint: &Endpoint<S>,
+    error: &BoxError,
+    message: &str,
+) {
+    if endpoint
+        .load
+        .warn_allowed(Instant::now(), balancer.config.warn_interval)
+    {
+        tracing::warn!(endpoint = %endpoint.addr, %error, "{message}");
+    } else {
+        tracing::debug!(endpoint = %endpoint.addr, %error, "{message}");
+    }
+}
+
+fn endpoint_error<S>(endpoint: &Endpoint<S>, not_sent: bool, source: BoxError) -> BalanceError {
+    BalanceError::Endpoint {
+        endpoint: endpoint.addr,
+        not_sent,
+        source,
+    }
+}

@@ -1,0 +1,204 @@
+//! One endpoint's shared state: its service, health, and load counters.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::peak_ewma::PeakEwma;
+
+/// Where an endpoint is in its life, as [`stats`](super::Balancer::stats) shows it.
+///
+/// ```text
+///   Insert ──► Connecting ──ok──► Ready ◄──ok── Backoff ◄─┐
+///                  │                │              │      │ connect fails
+///                  └──── fails ─────┴─ fails ─────►└──────┘
+///   Remove (from any state) ──► Draining ──► dropped when in-flight requests end
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndpointState {
+    /// Discovered; the first connection attempt is under way. Not picked.
+    Connecting,
+    /// Connected and picked by P2C.
+    Ready,
+    /// A connection attempt or a request's `ready()` failed; waiting to
+    /// reconnect. Not picked, except in panic mode (every endpoint backing off).
+    Backoff,
+    /// Removed by discovery; in-flight requests finish, no new ones start.
+    Draining,
+}
+
+/// A snapshot of one endpoint, from [`Balancer::stats`](super::Balancer::stats).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointStats {
+    /// The endpoint's address.
+    pub address: SocketAddr,
+    /// Its state.
+    pub state: EndpointState,
+    /// Requests dispatched to it and not yet complete.
+    pub pending: usize,
+    /// Its peak-EWMA round-trip-time estimate.
+    pub rtt: Duration,
+    /// Requests dispatched to it so far.
+    pub requests: u64,
+    /// Requests it failed so far (including failed `ready()` before a send).
+    pub failures: u64,
+}
+
+/// An endpoint, shared by the snapshot, the background task and in-flight requests.
+///
+/// The service is dropped (closing its connections) when the last of them
+/// lets go: after discovery removed it and its in-flight requests ended.
+pub(crate) struct Endpoint<S> {
+    pub(crate) addr: SocketAddr,
+    pub(crate) service: S,
+    state: AtomicU8,
+    pub(crate) load: Load,
+    /// Wakes the background task's watcher when a request marks it unhealthy.
+    pub(crate) unhealthy: Notify,
+}
+
+/// The counters a [`PendingGuard`](super::PendingGuard) and the pick need,
+/// free of the service type.
+#[derive(Debug)]
+pub(crate) struct Load {
+    pub(crate) addr: SocketAddr,
+    pub(crate) pending: AtomicUsize,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) rtt: PeakEwma,
+    last_warn_ns: AtomicU64,
+    epoch: Instant,
+}
+
+// ===== impl EndpointState =====
+
+impl EndpointState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Connecting,
+            1 => Self::Ready,
+            2 => Self::Backoff,
+            _ => Self::Draining,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Self::Connecting => 0,
+            Self::Ready => 1,
+            Self::Backoff => 2,
+            Self::Draining => 3,
+        }
+    }
+}
+
+// ===== impl Endpoint =====
+
+impl<S> Endpoint<S> {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        service: S,
+        initial_rtt: Duration,
+        decay: Duration,
+    ) -> Self {
+        Self {
+            addr,
+            service,
+            state: AtomicU8::new(EndpointState::Connecting.as_u8()),
+            load: Load {
+                addr,
+                pending: AtomicUsize::new(0),
+                requests: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                rtt: PeakEwma::new(initial_rtt, decay),
+                last_warn_ns: AtomicU64::new(0),
+                epoch: Instant::now(),
+            },
+            unhealthy: Notify::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> EndpointState {
+        EndpointState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the state (background task only) and logs a change.
+    pub(crate) fn set_state(&self, state: EndpointState) {
+        let prior = EndpointState::from_u8(self.state.swap(state.as_u8(), Ordering::AcqRel));
+        if prior != state {
+            tracing::debug!(endpoint = %self.addr, state = ?state, prior = ?prior, "endpoint state changed");
+        }
+    }
+
+    /// Called from the request path when the endpoint's `ready()` failed or a
+    /// request came back not sent: stop picking it and have the background
+    /// task reconnect it. Only a Ready endpoint moves; returns whether it did.
+    pub(crate) fn mark_unhealthy(&self) -> bool {
+        let moved = self
+            .state
+            .compare_exchange(
+                EndpointState::Ready.as_u8(),
+                EndpointState::Backoff.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if moved {
+            tracing::debug!(endpoint = %self.addr, state = ?EndpointState::Backoff, "endpoint state changed by a failed request");
+            self.unhealthy.notify_one();
+        }
+        moved
+    }
+
+    /// P2C's cost: RTT estimate × (pending + 1).
+    ///
+    /// One nanosecond is added to the estimate so that pending requests still
+    /// count when the measured RTT is zero (a paused clock, an in-process service).
+    pub(crate) fn cost(&self, now: Instant) -> f64 {
+        let pending = self.load.pending.load(Ordering::Relaxed) as f64;
+        (self.load.rtt.estimate_ns(now) + 1.0) * (pending + 1.0)
+    }
+
+    pub(crate) fn stats(&self, now: Instant) -> EndpointStats {
+        EndpointStats {
+            address: self.addr,
+            state: self.state(),
+            pending: self.load.pending.load(Ordering::Relaxed),
+            rtt: Duration::from_secs_f64(self.load.rtt.estimate_ns(now).max(0.0) / 1e9),
+            requests: self.load.requests.load(Ordering::Relaxed),
+            failures: self.load.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Endpoint<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("state", &self.state())
+            .field("load", &self.load)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl Load =====
+
+impl Load {
+    /// True at most once per `interval` per endpoint: warnings about one
+    /// failing endpoint must not flood the log.
+    pub(crate) fn warn_allowed(&self, now: Instant, interval: Duration) -> bool {
+        // Offset by one interval so that the very first warning passes.
+        let now_ns = (now.saturating_duration_since(self.epoch) + interval).as_nanos() as u64;
+        let interval_ns = interval.as_nanos() as u64;
+        let last = self.last_warn_ns.load(Ordering::Relaxed);
+        now_ns.saturating_sub(last) >= interval_ns
+            && self
+                .last_warn_ns
+                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}

@@ -1,0 +1,70 @@
+//! The power-of-two-choices balancer: endpoint state (load, health, drain), the pick, the handle.
+//!
+//! ```text
+//!                 ┌────────────── background task (one per Balancer) ─────────────┐
+//!  Discover ────► │ Insert → Connecting → ready() → Ready / Backoff → reconnect…   │
+//!                 │ Remove → Draining (in-flight requests finish, then dropped)   │
+//!                 └──────────────────┬────────────────────────────────────────────┘
+//!                                    │ publishes after every change
+//!                                    ▼
+//!                    ArcSwap<Snapshot> (ready endpoints, atomic load counters)
+//!                                    ▲
+//!   Balancer (clone per caller) ─────┘ pick two at random, send to the less loaded:
+//!                                      cost = peak-EWMA RTT × (pending + 1)
+//! ```
+//!
+//! Why not tower's `Balance` behind a `Buffer`: every request would hop through
+//! one task's channel; discovery would be polled only when requests arrive; an
+//! endpoint whose `poll_ready` fails would be dropped for good; zero endpoints
+//! would leave requests pending forever. Here requests pick from a shared
+//! snapshot and wait at most `failfast_timeout`; failed endpoints back off and
+//! reconnect; only discovery removes endpoints.
+//!
+//! What the request path does, in order:
+//!
+//! 1. **Pick.** P2C over the Ready endpoints ([`pick_pair`] draws the pair).
+//!    When every endpoint is backing off, over all of them (panic mode, as in
+//!    Envoy: a wrong health signal must not become an outage). When nothing is
+//!    pickable, wait for the next snapshot, at most `failfast_timeout` in
+//!    total, then fail with [`BalanceError::NoEndpoints`].
+//! 2. **Ready.** `ready()` on a clone of the endpoint's service. If it fails,
+//!    the request was never sent: the endpoint goes to Backoff (the background
+//!    task reconnects it) and the request is tried elsewhere, at most
+//!    `max_retries` more times.
+//! 3. **Call.** If the endpoint service fails with a [`NotSent`] (anywhere in
+//!    the error's source chain) that gives the request back, likewise. Any
+//!    other error is returned ([`BalanceError::Endpoint`]) and never retried:
+//!    the request may have reached a server.
+//! 4. **Complete.** The RTT from dispatch to response feeds the endpoint's
+//!    peak-EWMA. The request counts as pending until its [`PendingGuard`]
+//!    drops: with the response by default ([`CompleteOnResponse`]), or when a
+//!    response stream ends with a custom [`Completion`].
+//!
+//! A new endpoint starts from the median RTT estimate of the Ready endpoints
+//! (the default RTT only when it is the first): a fixed default against peers
+//! whose estimates have moved makes a new pod flooded or starved.
+//!
+//! Needs a tokio runtime: [`Builder::build`] spawns the background task.
+
+mod backoff;
+mod builder;
+mod completion;
+mod dispatch;
+mod endpoint;
+mod handle;
+mod not_sent;
+mod peak_ewma;
+mod pick;
+mod snapshot;
+mod task;
+
+pub use self::builder::{
+    Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_DECAY, DEFAULT_FAILFAST_TIMEOUT,
+    DEFAULT_MAX_RETRIES, DEFAULT_RTT, DEFAULT_WARN_INTERVAL,
+};
+pub use self::completion::{CompleteOnResponse, Completion, PendingGuard};
+pub use self::endpoint::{EndpointState, EndpointStats};
+pub use self::handle::{Balancer, ResponseFuture};
+pub use self::not_sent::NotSent;
+pub use self::pick::pick_pair;
+pub use crate::error::BalanceError;

@@ -1,0 +1,75 @@
+//! The power-of-two-choices pick: a pure pair generator and the load comparison.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::endpoint::{Endpoint, EndpointState};
+
+/// How many random pairs a pick draws before it scans for a pickable endpoint.
+///
+/// A pair can hit an endpoint that a request marked unhealthy after the
+/// snapshot was published; the next snapshot drops it, meanwhile a few more
+/// draws almost always find a good one.
+const DRAWS: usize = 4;
+
+/// Two distinct random indices in `0..len`, in random order.
+///
+/// Cost: two calls to the RNG, whatever `len` is. This is linkerd2-proxy's
+/// `gen_pair`: draw `a` from `0..len` and `b` from the `len - 1` others.
+///
+/// # Panics
+///
+/// If `len < 2`.
+pub fn pick_pair(len: usize, rng: &mut fastrand::Rng) -> (usize, usize) {
+    assert!(
+        len >= 2,
+        "pick_pair needs at least two candidates, got {len}"
+    );
+    let a = rng.usize(..len);
+    let mut b = rng.usize(..len - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
+}
+
+/// Picks the less loaded of two random endpoints among `candidates` whose
+/// state passes `pickable`; O(1) unless most candidates went stale.
+pub(crate) fn p2c<S>(
+    candidates: &[Arc<Endpoint<S>>],
+    pickable: fn(EndpointState) -> bool,
+) -> Option<&Arc<Endpoint<S>>> {
+    let ok = |e: &Arc<Endpoint<S>>| pickable(e.state());
+    match candidates.len() {
+        0 => None,
+        1 => candidates.first().filter(|e| ok(e)),
+        len => {
+            let mut rng = fastrand::Rng::new();
+            for _ in 0..DRAWS {
+                let (a, b) = pick_pair(len, &mut rng);
+                let (ea, eb) = (&candidates[a], &candidates[b]);
+                match (ok(ea), ok(eb)) {
+                    (true, true) => {
+                        let now = Instant::now();
+                        let (ca, cb) = (ea.cost(now), eb.cost(now));
+                        let chosen = if ca <= cb { ea } else { eb };
+                        tracing::trace!(
+                            a.endpoint = %ea.addr,
+                            a.cost = ca,
+                            b.endpoint = %eb.addr,
+                            b.cost = cb,
+                            chosen = %chosen.addr,
+                            "p2c",
+                        );
+                        return Some(chosen);
+                    }
+                    (true, false) => return Some(ea),
+                    (false, true) => return Some(eb),
+                    (false, false) => {}
+                }
+            }
+            candidates.iter().find(|e| ok(e))
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The background task: applies discovery changes and keeps endpoints connected.
+//!
+//! ```text
+//!  Discover ──Insert──► Connecting ──ready() ok──► Ready ──request marks unhealthy──┐
+//!           ──Remove──► Draining        │ err                                      │
+//!                                       ▼                                          ▼
+//!                                    Backoff ◄──────── sleep(backoff), ready() ◄───┘
+//! ```
+//!
+//! Every transition happens here (a request only flips Ready to Backoff and
+//! wakes this task), and every one is followed by a new snapshot, so discovery
+//! and reconnections progress whether or not requests flow.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tower::discover::{Change, Discover};
+use tower::{BoxError, Service, ServiceExt};
+
+use super::backoff;
+use super::builder::Config;
+use super::endpoint::{Endpoint, EndpointState};
+use super::snapshot::{Shared, Snapshot};
+
+/// What one step of an endpoint's connection driver ended with.
+enum Outcome {
+    /// `ready()` succeeded.
+    Connected,
+    /// `ready()` failed.
+    ConnectFailed(BoxError),
+    /// A request found the endpoint unhealthy (it is Backoff already).
+    Unhealthy,
+}
+
+struct Step<S> {
+    endpoint: Arc<Endpoint<S>>,
+    outcome: Outcome,
+}
+
+/// One listed endpoint, as the task tracks it.
+struct Entry<S> {
+    endpoint: Arc<Endpoint<S>>,
+    /// Cancels the endpoint's current step when discovery removes it.
+    step: AbortHandle,
+    /// Connection failures in a row, for the backoff delay.
+    failures: u32,
+}
+
+struct Task<Req, S> {
+    shared: Arc<Shared<S>>,
+    config: Config,
+    endpoints: BTreeMap<SocketAddr, Entry<S>>,
+    draining: Vec<Weak<Endpoint<S>>>,
+    steps: FuturesUnordered<Abortable<BoxFuture<'static, Step<S>>>>,
+    /// The peers' typical RTT, computed once per batch of inserts.
+    typical_rtt: Option<Duration>,
+    dirty: bool,
+    discover_warned_at: Option<Instant>,
+    _req: std::marker::PhantomData<fn(Req)>,
+}
+
+/// Runs until `shutdown` fires or its sender is dropped.
+pub(crate) async fn run<D, Req, S>(
+    shared: Arc<Shared<S>>,
+    config: Config,
+    discover: D,
+    mut shutdown: oneshot::Receiver<()>,
+) where
+    D: Discover<Key = SocketAddr, Service = S>,
+    D::Error: Into<BoxError>,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    let mut discover = pin!(discover);
+    let mut discovering = true;
+    let mut task = Task::<Req, S> {
+        shared,
+        config,
+        endpoints: BTreeMap::new(),
+        draining: Vec::new(),
+        steps: FuturesUnordered::new(),
+        typical_rtt: None,
+        dirty: false,
+        discover_warned_at: None,
+        _req: std::marker::PhantomData,
+    };
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            change = poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering => {
+                discovering = task.on_discover(change);
+            }
+            Some(step) = task.steps.next(), if !task.steps.is_empty() => {
+                task.on_step(step);
+            }
+        }
+        // Apply whatever else is ready before publishing once.
+        while discovering {
+            match poll_fn(|cx| discover.as_mut().poll_discover(cx)).now_or_never() {
+                Some(change) => discovering = task.on_discover(change),
+                None => break,
+            }
+        }
+        while let Some(Some(step)) = task.steps.next().now_or_never() {
+            task.on_step(step);
+        }
+        task.publish();
+    }
+    tracing::debug!(target_name = %task.config.target, "balancer stopped");
+}
+
+// ===== impl Task =====
+
+impl<Req, S> Task<Req, S>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    /// Applies one item of the `Discover` stream; returns whether to keep polling it.
+    fn on_discover<E: Into<BoxError>>(
+        &mut self,
+        change: Option<Result<Change<SocketAddr, S>, E>>,
+    ) -> bool {
+        match change {
+            Some(Ok(Change::Insert(addr, service))) => self.insert(addr, service),
+            Some(Ok(Change::Remove(addr))) => self.remove(addr),
+            Some(Err(error)) => {
+                let error = error.into();
+                let now = Instant::now();
+                let quiet = self.discover_warned_at.is_some_and(|at| {
+                    now.saturating_duration_since(at) < self.config.warn_interval
+                });
+                if quiet {
+                    tracing::debug!(target_name = %self.config.target, %error, "discovery failed");
+                } else {
+                    self.discover_warned_at = Some(now);
+                    tracing::warn!(target_name = %self.config.target, %error, "discovery failed");
+                }
+                self.shared.set_discover_error(error.to_string());
+            }
+            None => {
+                tracing::debug!(target_name = %self.config.target, "discovery ended; keeping the endpoints");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn insert(&mut self, addr: SocketAddr, service: S) {
+        if self.endpoints.contains_key(&addr) {
+            // tower's contract: an Insert for a known key replaces its service.
+            self.remove(addr);
+        }
+        let initial_rtt = self.typical_rtt();
+        let endpoint = Arc::new(Endpoint::new(addr, service, initial_rtt, self.config.decay));
+        tracing::debug!(endpoint = %addr, state = ?EndpointState::Connecting, initial_rtt = ?initial_rtt, "endpoint added");
+        let step = self.spawn_step(connect::<Req, S>(endpoint.clone(), Duration::ZERO));
+        self.endpoints.insert(
+            addr,
+            Entry {
+                endpoint,
+                step,
+                failures: 0,
+            },
+        );
+        self.dirty = true;
+    }
+
+    fn remove(&mut self, addr: SocketAddr) {
+        let Some(entry) = self.endpoints.remove(&addr) else {
+            tracing::debug!(endpoint = %addr, "remove of an unknown endpoint ignored");
+            return;
+        };
+        entry.step.abort();
+        entry.endpoint.set_state(EndpointState::Draining);
+        self.draining.push(Arc::downgrade(&entry.endpoint));
+        self.dirty = true;
+    }
+
+    fn on_step(&mut self, step: Result<Step<S>, futures::future::Aborted>) {
+        let Ok(Step { endpoint, outcome }) = step else {
+            return; // Removed or replaced.
+        };
+        let addr = endpoint.addr;
+        let failures = match self.endpoints.get_mut(&addr) {
+            // A step of a replaced endpoint that finished before its abort is ignored.
+            Some(entry) if Arc::ptr_eq(&entry.endpoint, &endpoint) => {
+                entry.failures = match outcome {
+                    Outcome::Connected => 0,
+                    _ => entry.failures.saturating_add(1),
+                };
+                entry.failures
+            }
+            _ => return,
+        };
+        let next = match outcome {
+            Outcome::Connected => {
+                endpoint.set_state(EndpointState::Ready);
+                watch(endpoint)
+            }
+            Outcome::ConnectFailed(error) => {
+                endpoint.set_state(EndpointState::Backoff);
+                let delay = self.backoff(failures);
+                if endpoint
+                    .load
+                    .warn_allowed(Instant::now(), self.config.warn_interval)
+                {
+                    tracing::warn!(endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
+                } else {
+                    tracing::debug!(endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
+                }
+                connect::<Req, S>(endpoint, delay)
+            }
+            Outcome::Unhealthy => {
+                let delay = self.backoff(failures);
+                tracing::debug!(endpoint = %addr, failures, retry_in = ?delay, "reconnecting an endpoint a request found unhealthy");
+                connect::<Req, S>(endpoint, delay)
+            }
+        };
+        let handle = self.spawn_step(next);
+        if let Some(entry) = self.endpoints.get_mut(&addr) {
+            entry.step = handle;
+        }
+        self.dirty = true;
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        backoff::delay(
+            failures,
+            self.config.backoff_base,
+            self.config.backoff_max,
+            fastrand::f64(),
+        )
+    }
+
+    fn spawn_step(&mut self, step: BoxFuture<'static, Step<S>>) -> AbortHandle {
+        let (handle, registration) = AbortHandle::new_pair();
+        self.steps.push(Abortable::new(step, registration));
+        handle
+    }
+
+    /// The starting RTT estimate of a new endpoint: the median of its peers'
+    /// estimates (Ready peers when there are any), the default when it is the first.
+    fn typical_rtt(&mut self) -> Duration {
+        if let Some(rtt) = self.typical_rtt {
+            return rtt;
+        }
+        let mut estimates = self.shared.peer_estimates(Instant::now());
+        let rtt = if estimates.is_empty() {
+            self.config.default_rtt
+        } else {
+            let mid = estimates.len() / 2;
+            let (_, median, _) = estimates.select_nth_unstable_by(mid, f64::total_cmp);
+            Duration::from_secs_f64(median.max(0.0) / 1e9)
+        };
+        self.typical_rtt = Some(rtt);
+        rtt
+    }
+
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.typical_rtt = None;
+        self.draining.retain(|e| e.strong_count() > 0);
+        let all = self
+            .endpoints
+            .values()
+            .map(|e| e.endpoint.clone())
+            .collect();
+        self.shared
+            .publish(Snapshot::new(all, self.draining.clone()));
+    }
+}
+
+/// Connects `endpoint` after `delay`: `ready()` on a clone of its service.
+fn connect<Req, S>(endpoint: Arc<Endpoint<S>>, delay: Duration) -> BoxFuture<'static, Step<S>>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut service = endpoint.service.clone();
+        let outcome = match ServiceExt::<Req>::ready(&mut service).await {
+            Ok(_) => Outcome::Connected,
+            Err(error) => Outcome::ConnectFailed(error.into()),
+        };
+        drop(service);
+        Step { endpoint, outcome }
+    }
+    .boxed()
+}
+
+/// Waits until a request marks `endpoint` unhealthy.
+fn watch<S: Send + Sync + 'static>(endpoint: Arc<Endpoint<S>>) -> BoxFuture<'static, Step<S>> {
+    async move {
+        endpoint.unhealthy.notified().await;
+        Step {
+            endpoint,
+            outcome: Outcome::Unhealthy,
+        }
+    }
+    .boxed()
+}

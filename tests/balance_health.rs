@@ -1,0 +1,149 @@
+//! Endpoint health: backoff and rejoin, retries of unsent requests only, panic mode.
+
+mod balance_support;
+
+use std::time::Duration;
+
+use balance_support::*;
+use headless_lb::balance::{Balancer, EndpointState, NotSent};
+use tower::{BoxError, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+async fn four_pods() -> (Lb, Tx, Vec<Pod>) {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    (lb, tx, pods)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_endpoint_whose_ready_fails_backs_off_is_skipped_and_rejoins() {
+    let (lb, _tx, pods) = four_pods().await;
+    let sick = &pods[0];
+    sick.refuse(true);
+
+    // Every request succeeds: the one that finds the pod refusing moves on.
+    for i in 0..40 {
+        lb.clone().oneshot(i).await.unwrap();
+    }
+    assert_eq!(state_of(&lb, sick), EndpointState::Backoff);
+    assert_eq!(sick.calls(), 0);
+    assert!(stats_of(&lb, sick).failures >= 1);
+
+    // While it backs off, it gets nothing.
+    drive(&lb, 4, 50).await;
+    assert_eq!(sick.calls(), 0);
+    assert_eq!(state_of(&lb, sick), EndpointState::Backoff);
+
+    // It recovers: the next reconnect (at most 10 s of backoff away) brings it back.
+    sick.refuse(false);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(state_of(&lb, sick), EndpointState::Ready);
+    drive(&lb, 4, 50).await;
+    assert!(sick.calls() > 10, "rejoined pod got {} calls", sick.calls());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_that_was_never_sent_is_tried_on_at_most_two_more_endpoints() {
+    let (lb, _tx, pods) = four_pods().await;
+    pods.iter().for_each(|p| p.set_mode(Mode::NotSent));
+
+    let error = lb.clone().oneshot(1).await.unwrap_err();
+
+    assert!(error.is_endpoint() && error.is_not_sent(), "{error}");
+    let calls: Vec<_> = pods.iter().map(Pod::calls).collect();
+    assert_eq!(calls.iter().sum::<usize>(), 3, "{calls:?}");
+    assert!(
+        calls.iter().all(|&c| c <= 1),
+        "one try per endpoint: {calls:?}"
+    );
+    let backing_off = lb
+        .stats()
+        .iter()
+        .filter(|s| s.state == EndpointState::Backoff)
+        .count();
+    assert_eq!(backing_off, 3);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_whose_endpoints_are_not_ready_is_tried_on_at_most_two_more() {
+    let (lb, _tx, pods) = four_pods().await;
+    pods.iter().for_each(|p| p.refuse(true));
+
+    let error = lb.clone().oneshot(1).await.unwrap_err();
+
+    assert!(error.is_not_sent(), "{error}");
+    assert!(error.to_string().contains("connection refused"), "{error}");
+    let tries: usize = pods
+        .iter()
+        .map(|p| p.0.ready_errors.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
+    assert_eq!(tries, 3);
+    assert_eq!(pods.iter().map(Pod::calls).sum::<usize>(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retry_succeeds_on_a_healthy_endpoint() {
+    let (lb, _tx, pods) = four_pods().await;
+    // Two bad endpoints: the third try at the latest finds a good one.
+    pods[..2].iter().for_each(|p| p.set_mode(Mode::NotSent));
+
+    for i in 0..10 {
+        let served = lb.clone().oneshot(i).await.unwrap();
+        assert!(served == pods[2].addr() || served == pods[3].addr());
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn not_sent_is_found_inside_a_wrapping_error() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] BoxError);
+
+    let inner: BoxError = NotSent::new(7u32, "refused").into();
+    let outer = Wrapped(inner);
+    let found = NotSent::<u32>::find(&outer).expect("found in the chain");
+    assert_eq!(found.take_request(), Some(7));
+    assert_eq!(found.take_request(), None);
+    assert!(
+        NotSent::<u64>::find(&outer).is_none(),
+        "another request type"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_that_may_have_reached_a_server_is_never_retried() {
+    let (lb, _tx, pods) = four_pods().await;
+    pods.iter().for_each(|p| p.set_mode(Mode::Fail));
+
+    let error = lb.clone().oneshot(1).await.unwrap_err();
+
+    assert!(error.is_endpoint() && !error.is_not_sent(), "{error}");
+    assert_eq!(pods.iter().map(Pod::calls).sum::<usize>(), 1);
+    let failed = lb
+        .stats()
+        .into_iter()
+        .find(|s| Some(s.address) == error.endpoint())
+        .unwrap();
+    assert_eq!((failed.failures, failed.state), (1, EndpointState::Ready));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn when_every_endpoint_backs_off_requests_go_to_them_anyway() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=2).map(|i| Pod::new(i, MS)).collect();
+    pods.iter().for_each(|p| p.refuse(true));
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    assert!(lb.stats().iter().all(|s| s.state == EndpointState::Backoff));
+
+    // The health signal was wrong (or is stale): the pods answer again, and
+    // requests are served before the next reconnect attempt.
+    pods.iter().for_each(|p| p.refuse(false));
+    let served = lb.clone().oneshot(1).await.unwrap();
+
+    assert!(pods.iter().any(|p| p.addr() == served));
+    assert!(lb.stats().iter().all(|s| s.state == EndpointState::Backoff));
+}
