@@ -14,10 +14,11 @@ use http::uri::Authority;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 
-use super::error::{BoxError, NotSent, RequestTimeout};
+use super::error::{BoxError, RequestTimeout};
 use super::pool::{Checkout, Conn, Pool};
 use super::rewrite::{Addressing, Restore};
 use super::{Connect, RequestBody, TcpConnector};
+use crate::balance::NotSent;
 
 /// Default for [`HttpEndpointBuilder::connect_timeout`]: 1 s.
 ///
@@ -319,7 +320,8 @@ where
             Slot::Ready(conn) => conn,
             other => {
                 self.slot = other;
-                let err = NotSent::new(addr, req, "call() before poll_ready() was Ready".into());
+                let err =
+                    NotSent::new(req, format!("{addr}: call() before poll_ready() was Ready"));
                 return Box::pin(std::future::ready(Err(err.into())));
             }
         };
@@ -367,7 +369,7 @@ where
                     Err(_elapsed) => return Err(RequestTimeout::new(addr, after).into()),
                 },
             };
-            result.map_err(|err| not_sent_or_error(addr, err, restore))
+            result.map_err(|err| not_sent_or_error(err, restore))
         })
     }
 }
@@ -376,14 +378,13 @@ where
 /// with the caller's URI and `Host` restored. Anything else may have reached
 /// the server.
 fn not_sent_or_error<B: RequestBody>(
-    addr: SocketAddr,
     mut err: TrySendError<http::Request<B>>,
     restore: Restore,
 ) -> BoxError {
     match err.take_message() {
         Some(mut req) => {
             restore.undo(&mut req);
-            NotSent::new(addr, req, err.into_error().into()).into()
+            NotSent::new(req, err.into_error()).into()
         }
         None => err.into_error().into(),
     }

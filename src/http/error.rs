@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A boxed error, as tower and hyper pass them around.
@@ -102,83 +102,6 @@ impl ConnectError {
     /// True when the transport connected but the HTTP handshake failed.
     pub fn is_handshake(&self) -> bool {
         self.kind == ConnectErrorKind::Handshake
-    }
-}
-
-/// A request that was never written to any connection, handed back whole.
-///
-/// Returned (boxed, as the service error) by [`HttpEndpoint`](super::HttpEndpoint)'s
-/// `call` when the connection closed before the request was written: hyper's
-/// `try_send_request` recovers the message in that case. The request is exactly
-/// what the caller passed in (URI and `Host` are restored), so it is safe to
-/// send it to another endpoint. Any other `call` error may have reached the
-/// server, and must not be retried blindly.
-///
-/// Recover it from a [`BoxError`] with [`NotSent::downcast`].
-pub struct NotSent<B> {
-    addr: SocketAddr,
-    // A `Mutex` only so that `NotSent` is `Sync` (a `BoxError` must be) for
-    // bodies that are `Send` but not `Sync`; it is never contended.
-    request: Mutex<http::Request<B>>,
-    source: BoxError,
-}
-
-// ===== impl NotSent =====
-
-impl<B> NotSent<B> {
-    pub(crate) fn new(addr: SocketAddr, request: http::Request<B>, source: BoxError) -> Self {
-        Self {
-            addr,
-            request: Mutex::new(request),
-            source,
-        }
-    }
-
-    /// The endpoint the request was meant for.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The request, as it was passed to `call`.
-    pub fn into_request(self) -> http::Request<B> {
-        self.request
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl<B: 'static> NotSent<B> {
-    /// Takes a `NotSent` with body type `B` out of a boxed error, or gives the
-    /// error back unchanged.
-    #[allow(clippy::result_large_err)]
-    pub fn downcast(err: BoxError) -> Result<Self, BoxError> {
-        err.downcast::<Self>().map(|b| *b)
-    }
-
-    /// True when `err` is a `NotSent` with body type `B`.
-    pub fn is(err: &(dyn std::error::Error + 'static)) -> bool {
-        err.is::<Self>()
-    }
-}
-
-impl<B> fmt::Debug for NotSent<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NotSent")
-            .field("addr", &self.addr)
-            .field("source", &self.source)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B> fmt::Display for NotSent<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request not sent to {}", self.addr)
-    }
-}
-
-impl<B> std::error::Error for NotSent<B> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
     }
 }
 

@@ -25,7 +25,10 @@ pub use self::endpoint::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpEndpoint, HttpEndpointBuilder,
     MakeHttpEndpoint, Protocol, ResponseFuture,
 };
-pub use self::error::{BoxError, ConnectError, NotSent, RequestTimeout};
+pub use self::error::{BoxError, ConnectError, RequestTimeout};
+/// The "never written" error, shared with the balancer; an endpoint returns
+/// it with the `http::Request` inside.
+pub use crate::balance::NotSent;
 
 /// A transport for endpoint connections: a cloneable
 /// `tower::Service<SocketAddr>` yielding a hyper I/O object.
