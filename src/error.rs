@@ -282,3 +282,74 @@ impl BalanceError {
         }
     }
 }
+
+/// Why a balanced client could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The target string is not valid.
+    #[error("invalid target: {0}")]
+    Target(#[from] TargetError),
+    /// The DNS resolver could not be set up.
+    #[error("cannot set up DNS resolution: {0}")]
+    Resolver(#[from] crate::resolve::ResolverConfigError),
+    /// The target cannot be used as an HTTP authority.
+    #[error("target {target} is not a valid HTTP authority")]
+    Authority {
+        /// The target, as displayed.
+        target: String,
+    },
+}
+
+/// Why a request through a balanced client failed.
+///
+/// Branch with the `is_*` predicates; [`RequestError::Balance`] carries the
+/// balancer's own [`BalanceError`] with the endpoint and cause.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No endpoint was available, or the chosen endpoint failed the request.
+    #[error(transparent)]
+    Balance(#[from] BalanceError),
+    /// No response head arrived within the client's request timeout.
+    #[error("request to {target} timed out after {after:?}")]
+    Timeout {
+        /// The target, as displayed.
+        target: String,
+        /// The configured request timeout.
+        after: Duration,
+    },
+    /// The request could not be built (e.g. an invalid URI given to `get`).
+    #[error("invalid request: {message}")]
+    InvalidRequest {
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+// ===== impl RequestError =====
+
+impl RequestError {
+    /// True when no endpoint became available within `failfast_timeout`.
+    pub fn is_no_endpoints(&self) -> bool {
+        matches!(self, Self::Balance(e) if e.is_no_endpoints())
+    }
+
+    /// True when the request timeout fired.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+
+    /// True when the request was certainly never written to a connection.
+    pub fn is_not_sent(&self) -> bool {
+        matches!(self, Self::Balance(e) if e.is_not_sent())
+    }
+
+    /// The endpoint that failed the request, if one did.
+    pub fn endpoint(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Balance(e) => e.endpoint(),
+            Self::Timeout { .. } | Self::InvalidRequest { .. } => None,
+        }
+    }
+}

@@ -17,12 +17,14 @@ pub mod discover;
 pub mod error;
 pub mod http;
 pub mod resolve;
+pub mod stats;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use balance::{Balancer, EndpointState, EndpointStats, NotSent, PendingGuard};
 pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
-pub use error::{BalanceError, ResolveError, TargetError};
+pub use error::{BalanceError, BuildError, RequestError, ResolveError, TargetError};
 pub use resolve::{Resolution, Resolve};
+pub use stats::Stats;
 pub use target::{Host, Target};

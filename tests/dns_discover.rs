@@ -48,7 +48,7 @@ async fn expect_changes<M>(
     inserted: &[u8],
     removed: &[u8],
 ) where
-    M: tower::Service<SocketAddr, Response = (), Error = std::convert::Infallible> + Unpin,
+    M: tower::Service<SocketAddr, Response = (), Error = std::convert::Infallible>,
 {
     let (mut ins, mut rem) = (BTreeSet::new(), BTreeSet::new());
     let want = (addrs(inserted), addrs(removed));

@@ -99,9 +99,13 @@ where
     }
 }
 
+// The maker is never pinned (only `&mut` is taken of it) and the future in
+// flight is boxed, so the stream can move freely whatever `M` is.
+impl<M> Unpin for DnsDiscover<M> where M: Service<SocketAddr> {}
+
 impl<M> Stream for DnsDiscover<M>
 where
-    M: Service<SocketAddr> + Unpin,
+    M: Service<SocketAddr>,
 {
     type Item = Result<Change<SocketAddr, M::Response>, M::Error>;
 

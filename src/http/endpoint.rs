@@ -181,6 +181,12 @@ impl<C> HttpEndpointBuilder<C> {
         self.protocol
     }
 
+    /// Switches the protocol, keeping every other setting.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
     /// The service for the endpoint at `addr`. Cheap: no connection is opened
     /// until the first `poll_ready`.
     pub fn make<B>(&self, addr: SocketAddr) -> HttpEndpoint<B, C>

@@ -12,6 +12,8 @@
 //! [`NotSent`] from `call` mean the request never left this process and may go
 //! to another endpoint; every other error may have reached a server.
 
+mod body;
+mod client;
 mod connect;
 mod endpoint;
 mod error;
@@ -20,6 +22,8 @@ mod rewrite;
 
 use std::net::SocketAddr;
 
+pub use self::body::{Body, CompleteOnBodyEnd};
+pub use self::client::{Client, ClientBuilder, ResponseFuture as ClientResponseFuture};
 pub use self::connect::TcpConnector;
 pub use self::endpoint::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpEndpoint, HttpEndpointBuilder,
