@@ -21,7 +21,7 @@ pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest reconnect delay [10 s].
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// How many more endpoints a request that was never sent is tried on [2].
+/// How many more endpoints a request that was never sent is tried on \[2\].
 pub const DEFAULT_MAX_RETRIES: usize = 2;
 /// The shortest interval between two warnings about the same endpoint or
 /// about discovery [5 s].
@@ -130,7 +130,7 @@ impl Builder {
 
     /// How many other endpoints a request is tried on when it was never sent
     /// (its endpoint's `ready()` failed, or `call()` returned
-    /// [`NotSent`](super::NotSent)) [2].
+    /// [`NotSent`](super::NotSent)) \[2\].
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.config.max_retries = retries;
         self

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 /// A peak-sensitive, exponentially weighted moving average of response times.
 ///
-/// This is Finagle's `PeakEwma` (also tower's and linkerd2-proxy's): an RTT
+/// This is [Finagle]'s `PeakEwma` (also tower's and linkerd2-proxy's): an RTT
 /// above the estimate replaces it at once, so a slowing endpoint is avoided
 /// immediately; an RTT below it moves the estimate down with weight
 /// `1 - exp(-elapsed / decay)`, so a recovering endpoint is trusted gradually.
