@@ -76,6 +76,34 @@ struct InFlight(Arc<PodState>);
 // ===== impl Pod =====
 
 impl Pod {
+    /// Starts one pod on each of `ips`, all on the same port, as the pods of
+    /// a Kubernetes service are: the port is picked free on the first IP and
+    /// the whole set is retried (a few times) if another IP has it taken.
+    pub async fn start_all(ips: &[std::net::IpAddr]) -> io::Result<Vec<Pod>> {
+        let Some((first, rest)) = ips.split_first() else {
+            return Ok(Vec::new());
+        };
+        let mut last_err = None;
+        for _ in 0..8 {
+            let lead = Pod::start(SocketAddr::new(*first, 0)).await?;
+            let port = lead.addr().port();
+            let mut pods = vec![lead];
+            for ip in rest {
+                match Pod::start(SocketAddr::new(*ip, port)).await {
+                    Ok(pod) => pods.push(pod),
+                    Err(e) => {
+                        last_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            if pods.len() == ips.len() {
+                return Ok(pods);
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
+    }
+
     /// Binds `addr` (port 0 picks a free port) and starts serving.
     pub async fn start(addr: SocketAddr) -> io::Result<Pod> {
         let listener = TcpListener::bind(addr).await?;
