@@ -86,51 +86,51 @@ impl<C> ClientBuilder<C> {
         self
     }
 
-    /// How long opening a connection to a pod may take [1 s].
+    /// How long opening a connection to a pod may take \[1 s\].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.endpoint = self.endpoint.connect_timeout(timeout);
         self
     }
 
-    /// HTTP/1.1 connections per pod at most [16]; ignored for HTTP/2.
+    /// HTTP/1.1 connections per pod at most \[16\]; ignored for HTTP/2.
     pub fn max_connections_per_endpoint(mut self, max: usize) -> Self {
         self.endpoint = self.endpoint.max_connections(max);
         self
     }
 
     /// How long a request may wait for its response head, from the call,
-    /// including the wait for an endpoint [none].
+    /// including the wait for an endpoint \[none\].
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
         self
     }
 
     /// How long a request waits for any endpoint before failing with
-    /// `NoEndpoints` [3 s].
+    /// `NoEndpoints` \[3 s\].
     pub fn failfast_timeout(mut self, timeout: Duration) -> Self {
         self.balancer = self.balancer.failfast_timeout(timeout);
         self
     }
 
-    /// The RTT assumed for the first endpoint, before any measurement [30 ms].
+    /// The RTT assumed for the first endpoint, before any measurement \[30 ms\].
     pub fn default_rtt(mut self, rtt: Duration) -> Self {
         self.balancer = self.balancer.default_rtt(rtt);
         self
     }
 
-    /// The peak-EWMA decay time [10 s].
+    /// The peak-EWMA decay time \[10 s\].
     pub fn decay(mut self, decay: Duration) -> Self {
         self.balancer = self.balancer.decay(decay);
         self
     }
 
-    /// Reconnect backoff of a failed endpoint: `base` doubling to `max` [100 ms, 10 s].
+    /// Reconnect backoff of a failed endpoint: `base` doubling to `max` \[100 ms, 10 s\].
     pub fn endpoint_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.balancer = self.balancer.backoff_base(base).backoff_max(max);
         self
     }
 
-    /// Extra endpoints a request that was never sent may be tried on [2].
+    /// Extra endpoints a request that was never sent may be tried on \[2\].
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.balancer = self.balancer.max_retries(retries);
         self
@@ -149,7 +149,7 @@ impl<C> ClientBuilder<C> {
     }
 
     /// Ask this DNS server (UDP and TCP) instead of the ones in
-    /// `/etc/resolv.conf`; repeatable [system configuration].
+    /// `/etc/resolv.conf`; repeatable \[system configuration\].
     pub fn nameserver(mut self, nameserver: SocketAddr) -> Self {
         self.nameservers.push(nameserver);
         self
