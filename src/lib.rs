@@ -28,3 +28,8 @@ pub use error::{BalanceError, BuildError, RequestError, ResolveError, TargetErro
 pub use resolve::{Resolution, Resolve};
 pub use stats::Stats;
 pub use target::{Host, Target};
+
+/// The README's code examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
