@@ -1,0 +1,548 @@
+//! Drives HTTP load at a target and prints ONE line of JSON with the result.
+//!
+//! ```text
+//! cargo run --example loadgen -- TARGET [--nameserver IP:PORT] [--protocol http|grpc]
+//!     [--mode p2c|round-robin|random|direct] [--concurrency N]
+//!     [--duration SECS | --requests N] [--path P] [--timeout-ms N] [--http2]
+//! ```
+//!
+//! stdout, once at the end:
+//!
+//! ```text
+//! {"requests":N,"errors":N,"duration_s":F,"rps":F,"p50_ms":F,"p90_ms":F,"p99_ms":F,
+//!  "p999_ms":F,"max_ms":F,"per_endpoint":{"ADDR":N,...}}
+//! ```
+//!
+//! - `requests`: requests finished, failed ones included; `errors`: those
+//!   that did not end in 2xx (timeouts and connection errors included).
+//! - Latency percentiles are over every finished request, failed ones included,
+//!   measured from the send until the whole response body has arrived.
+//! - `per_endpoint`: responses (any status) per pod, keyed by the response
+//!   body when it is an address (the echo pods answer with their own), else
+//!   by the address the mode sent to (`"unknown"` for `p2c`).
+//!
+//! Modes, all over the same discovery (DNS, re-resolved per TTL):
+//!
+//! - `p2c`: the balanced [`headless_lb::http::Client`].
+//! - `round-robin`, `random`: baselines over the same per-pod connections
+//!   (`HttpEndpointBuilder::make` per address), following DNS changes, with no
+//!   load signal, health or retries.
+//! - `direct`: one plain hyper-util client to the first resolved address (the
+//!   no-balancer baseline).
+//!
+//! Progress goes to stderr once a second. Bad arguments exit with status 2 and
+//! one line on stderr; a target that never resolves exits with status 1.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use headless_lb::http::{Client, HttpEndpoint, HttpEndpointBuilder, Protocol};
+use headless_lb::resolve::HickoryResolver;
+use headless_lb::{Discovery, Target};
+use http::uri::PathAndQuery;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tower::{Service, ServiceExt};
+
+/// How long to wait for the first DNS answer before giving up.
+const FIRST_RESOLUTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bodies longer than this are never taken for an address.
+const MAX_ADDR_BODY: usize = 64;
+
+/// Drive HTTP load through the balancer (or a baseline) and print one JSON line.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about)]
+struct Args {
+    /// What to load: host:port, dns:///host:port, dns://IP:PORT/host:port or _port._proto.host.
+    target: Target,
+    /// Use this DNS server (UDP and TCP) instead of /etc/resolv.conf.
+    #[arg(long, value_name = "IP:PORT")]
+    nameserver: Option<SocketAddr>,
+    /// What to speak.
+    #[arg(long, value_enum, default_value_t = Proto::Http)]
+    protocol: Proto,
+    /// How to pick a pod.
+    #[arg(long, value_enum, default_value_t = Mode::P2c)]
+    mode: Mode,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// Run this many seconds [10 unless --requests is given].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, conflicts_with = "requests")]
+    duration: Option<Duration>,
+    /// Send this many requests, then stop.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+    /// Path (and query) of every request.
+    #[arg(long, value_name = "P", default_value = "/", value_parser = parse_path)]
+    path: PathAndQuery,
+    /// Each request, body included, fails after this many milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Proto {
+    /// HTTP/1.1 (or h2c with --http2).
+    Http,
+    /// gRPC health checks (not supported yet).
+    Grpc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The balanced client: power of two choices over peak-EWMA load.
+    P2c,
+    /// Every pod in turn, over the same per-pod connections.
+    RoundRobin,
+    /// A uniformly random pod, over the same per-pod connections.
+    Random,
+    /// One plain hyper client to the first resolved address.
+    Direct,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 1e6) {
+        return Err(format!("{s:?} is not a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_path(s: &str) -> Result<PathAndQuery, String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} does not start with '/'"));
+    }
+    s.parse().map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The JSON line: field order as documented.
+#[derive(Debug, Serialize)]
+struct Report {
+    requests: u64,
+    errors: u64,
+    duration_s: f64,
+    rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    per_endpoint: BTreeMap<String, u64>,
+}
+
+type ReqBody = Full<Bytes>;
+
+/// Where requests go.
+enum Sender {
+    P2c(Client),
+    Baseline(Baseline),
+    Direct {
+        client: Box<hyper_util::client::legacy::Client<HttpConnector, ReqBody>>,
+        addr: SocketAddr,
+        authority: http::HeaderValue,
+    },
+}
+
+/// Round-robin or random over per-pod endpoints that follow discovery.
+struct Baseline {
+    random: bool,
+    next: AtomicUsize,
+    endpoints: Arc<ArcSwap<Vec<HttpEndpoint<ReqBody>>>>,
+}
+
+/// How one request ended.
+struct Outcome {
+    ok: bool,
+    /// The pod that answered, if a response arrived.
+    endpoint: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Args = common::parse_args();
+    if let Proto::Grpc = args.protocol {
+        return common::usage_error("--protocol grpc is not supported yet");
+    }
+    common::init_logging();
+
+    let protocol = if args.http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let sender = match build_sender(&args, protocol).await {
+        Ok(sender) => Arc::new(sender),
+        Err(Failure::Usage(msg)) => return common::usage_error(msg),
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let report = run(&args, sender).await;
+    match serde_json::to_string(&report) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot encode the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure> {
+    let target = args.target.clone();
+    let authority = target.authority();
+    let wait_first = |discovery: Discovery| async move {
+        let mut sets = discovery.watch();
+        let first = tokio::time::timeout(
+            FIRST_RESOLUTION_TIMEOUT,
+            sets.wait_for(|set| !set.is_empty()),
+        )
+        .await;
+        match first {
+            Ok(Ok(set)) => Ok(set.clone()),
+            _ => Err(Failure::Runtime(format!(
+                "{} did not resolve to any address within {FIRST_RESOLUTION_TIMEOUT:?}{}",
+                discovery.target(),
+                discovery
+                    .stats()
+                    .last_error
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ))),
+        }
+    };
+
+    if args.mode == Mode::P2c {
+        let mut builder = Client::builder().protocol(protocol);
+        if let Some(ns) = args.nameserver {
+            builder = builder.nameserver(ns);
+        }
+        let client: Client = builder
+            .build_target(target)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        // Start the clock with endpoints known, as for the other modes.
+        wait_first(client.discovery().clone()).await?;
+        return Ok(Sender::P2c(client));
+    }
+
+    let mut resolver = HickoryResolver::builder();
+    if let Some(ns) = args.nameserver {
+        resolver = resolver.nameserver(ns);
+    }
+    let resolver = resolver
+        .build()
+        .map_err(|e| Failure::Usage(format!("cannot set up the resolver: {e}")))?;
+    let discovery = Discovery::spawn(target, Arc::new(resolver));
+    let first = wait_first(discovery.clone()).await?;
+
+    if args.mode == Mode::Direct {
+        let addr = *first.iter().next().expect("waited for a non-empty set");
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(protocol == Protocol::Http2)
+            .build(connector);
+        let authority = http::HeaderValue::from_str(&authority)
+            .map_err(|e| Failure::Usage(format!("bad authority {authority:?}: {e}")))?;
+        return Ok(Sender::Direct {
+            client: Box::new(client),
+            addr,
+            authority,
+        });
+    }
+
+    let authority = authority
+        .parse()
+        .map_err(|e| Failure::Usage(format!("bad authority {authority:?}: {e}")))?;
+    let builder = HttpEndpointBuilder::new(protocol).authority(authority);
+    let endpoints = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    tokio::spawn(follow(discovery, builder, endpoints.clone()));
+    // `follow` publishes the current set at once; wait for it.
+    while endpoints.load().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    Ok(Sender::Baseline(Baseline {
+        random: args.mode == Mode::Random,
+        next: AtomicUsize::new(0),
+        endpoints,
+    }))
+}
+
+/// Keeps `endpoints` equal to discovery's set, reusing the endpoints (and
+/// their connections) of addresses that stay.
+async fn follow(
+    discovery: Discovery,
+    builder: HttpEndpointBuilder,
+    endpoints: Arc<ArcSwap<Vec<HttpEndpoint<ReqBody>>>>,
+) {
+    let mut sets = discovery.watch();
+    let mut current: BTreeMap<SocketAddr, HttpEndpoint<ReqBody>> = BTreeMap::new();
+    loop {
+        let set = sets.borrow_and_update().clone();
+        current.retain(|addr, _| set.contains(addr));
+        for addr in set.iter() {
+            current
+                .entry(*addr)
+                .or_insert_with(|| builder.make::<ReqBody>(*addr));
+        }
+        endpoints.store(Arc::new(current.values().cloned().collect()));
+        if sets.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Sender {
+    async fn send(&self, path: &PathAndQuery) -> Outcome {
+        match self {
+            Sender::P2c(client) => match client.get(path.as_str()).await {
+                Ok(rsp) => finish(rsp, None).await,
+                Err(e) => failed(&e),
+            },
+            Sender::Baseline(baseline) => baseline.send(path).await,
+            Sender::Direct {
+                client,
+                addr,
+                authority,
+            } => {
+                let uri = format!("http://{addr}{path}");
+                let request = http::Request::get(uri)
+                    .header(http::header::HOST, authority.clone())
+                    .body(ReqBody::default())
+                    .expect("a valid address and path make a valid URI");
+                match client.request(request).await {
+                    Ok(rsp) => finish(rsp, Some(*addr)).await,
+                    Err(e) => failed(&e),
+                }
+            }
+        }
+    }
+}
+
+impl Baseline {
+    async fn send(&self, path: &PathAndQuery) -> Outcome {
+        let mut endpoint = loop {
+            let list = self.endpoints.load();
+            if !list.is_empty() {
+                let i = if self.random {
+                    fastrand::usize(..list.len())
+                } else {
+                    self.next.fetch_add(1, Ordering::Relaxed) % list.len()
+                };
+                break list[i].clone();
+            }
+            // Only `EmptyAnswer::Clear` empties a set once it had endpoints;
+            // the request timeout bounds this wait.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let addr = endpoint.addr();
+        let request = http::Request::get(path.as_str())
+            .body(ReqBody::default())
+            .expect("a valid path makes a valid request");
+        let result = match endpoint.ready().await {
+            Ok(endpoint) => endpoint.call(request).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(rsp) => finish(rsp, Some(addr)).await,
+            Err(e) => failed(&*e),
+        }
+    }
+}
+
+/// Reads the whole body and names the pod that answered.
+async fn finish<B>(rsp: http::Response<B>, sent_to: Option<SocketAddr>) -> Outcome
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let ok = rsp.status().is_success();
+    let body = match rsp.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            tracing::debug!(error = %e, "response body failed");
+            return Outcome {
+                ok: false,
+                endpoint: sent_to.map(|a| a.to_string()),
+            };
+        }
+    };
+    let from_body = (body.len() <= MAX_ADDR_BODY)
+        .then(|| std::str::from_utf8(&body).ok())
+        .flatten()
+        .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+    let endpoint = from_body
+        .or(sent_to)
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    Outcome {
+        ok,
+        endpoint: Some(endpoint),
+    }
+}
+
+fn failed(e: &dyn std::fmt::Display) -> Outcome {
+    tracing::debug!(error = %e, "request failed");
+    Outcome {
+        ok: false,
+        endpoint: None,
+    }
+}
+
+/// What every worker adds up.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    errors: u64,
+    per_endpoint: HashMap<String, u64>,
+}
+
+async fn run(args: &Args, sender: Arc<Sender>) -> Report {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let budget = match (args.requests, args.duration) {
+        (Some(n), _) => Budget::Count(n),
+        (None, Some(d)) => Budget::Until(Instant::now() + d),
+        (None, None) => Budget::Until(Instant::now() + Duration::from_secs(10)),
+    };
+    let issued = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+
+    let progress = tokio::spawn({
+        let (done, errors) = (done.clone(), errors.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let t = start.elapsed().as_secs_f64();
+                let n = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "loadgen: {t:.0}s {n} requests, {} errors, {:.0} rps",
+                    errors.load(Ordering::Relaxed),
+                    n as f64 / t
+                );
+            }
+        }
+    });
+
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let sender = sender.clone();
+            let path = args.path.clone();
+            let (issued, done, errors) = (issued.clone(), done.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while budget.take(&issued) {
+                    let sent = Instant::now();
+                    let outcome = tokio::time::timeout(timeout, sender.send(&path)).await;
+                    tally.latencies.push(sent.elapsed());
+                    let ok = match outcome {
+                        Ok(outcome) => {
+                            if let Some(endpoint) = outcome.endpoint {
+                                *tally.per_endpoint.entry(endpoint).or_default() += 1;
+                            }
+                            outcome.ok
+                        }
+                        Err(_elapsed) => false,
+                    };
+                    if !ok {
+                        tally.errors += 1;
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                tally
+            })
+        })
+        .collect();
+
+    let mut total = Tally::default();
+    for worker in workers {
+        let tally = worker.await.expect("a worker panicked");
+        total.latencies.extend(tally.latencies);
+        total.errors += tally.errors;
+        for (endpoint, n) in tally.per_endpoint {
+            *total.per_endpoint.entry(endpoint).or_default() += n;
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.abort();
+
+    let mut latencies = total.latencies;
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    let duration_s = elapsed.as_secs_f64();
+    Report {
+        requests,
+        errors: total.errors,
+        duration_s: round3(duration_s),
+        rps: round3(requests as f64 / duration_s),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p90_ms: percentile_ms(&latencies, 0.90),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        p999_ms: percentile_ms(&latencies, 0.999),
+        max_ms: latencies.last().map_or(0.0, |d| round3(ms(*d))),
+        per_endpoint: total.per_endpoint.into_iter().collect(),
+    }
+}
+
+/// When the workers stop.
+#[derive(Clone, Copy)]
+enum Budget {
+    Count(u64),
+    Until(Instant),
+}
+
+impl Budget {
+    /// True if one more request may start.
+    fn take(self, issued: &AtomicU64) -> bool {
+        match self {
+            Budget::Count(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
+            Budget::Until(deadline) => Instant::now() < deadline,
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted latencies, in milliseconds.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    round3(ms(sorted[rank.clamp(1, sorted.len()) - 1]))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
