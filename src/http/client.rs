@@ -92,6 +92,23 @@ impl<C> ClientBuilder<C> {
         self
     }
 
+    /// HTTP/2: PING a connection that received nothing for `interval`, and
+    /// close it if the PING goes unanswered for `timeout` \[none, 20 s\]; see
+    /// [`HttpEndpointBuilder::http2_keep_alive_interval`].
+    pub fn http2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.endpoint = self
+            .endpoint
+            .http2_keep_alive_interval(interval)
+            .http2_keep_alive_timeout(timeout);
+        self
+    }
+
+    /// HTTP/2: keepalive PINGs also while no request is open \[false\].
+    pub fn http2_keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.endpoint = self.endpoint.http2_keep_alive_while_idle(enabled);
+        self
+    }
+
     /// HTTP/1.1 connections per pod at most \[16\]; ignored for HTTP/2.
     pub fn max_connections_per_endpoint(mut self, max: usize) -> Self {
         self.endpoint = self.endpoint.max_connections(max);
