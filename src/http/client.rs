@@ -218,6 +218,29 @@ impl<C> ClientBuilder<C> {
         B: RequestBody,
         C: Connect,
     {
+        let request_timeout = self.request_timeout;
+        let (balancer, discovery) = self.build_balancer(target, CompleteOnBodyEnd)?;
+        Ok(Client {
+            balancer,
+            discovery,
+            request_timeout,
+        })
+    }
+
+    /// Discovery and a balancer over [`HttpEndpoint`]s for `target`, with
+    /// `completion` deciding when a request stops counting as pending. The
+    /// client's own request timeout is not applied; the gRPC channel builds
+    /// on this with its own response body.
+    pub(crate) fn build_balancer<B, K>(
+        self,
+        target: Target,
+        completion: K,
+    ) -> Result<(Balancer<http::Request<B>, HttpEndpoint<B, C>, K>, Discovery), BuildError>
+    where
+        B: RequestBody,
+        C: Connect,
+        K: balance::Completion<http::Response<hyper::body::Incoming>>,
+    {
         let resolver = match self.resolver {
             Some(resolver) => resolver,
             None => {
@@ -241,12 +264,8 @@ impl<C> ClientBuilder<C> {
             .balancer
             .target_name(target.to_string())
             .last_error_source(move || errors.stats().last_error.map(|e| e.to_string()))
-            .build_with_completion(DnsDiscover::new(discovery.clone(), make), CompleteOnBodyEnd);
-        Ok(Client {
-            balancer,
-            discovery,
-            request_timeout: self.request_timeout,
-        })
+            .build_with_completion(DnsDiscover::new(discovery.clone(), make), completion);
+        Ok((balancer, discovery))
     }
 }
 
