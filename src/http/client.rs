@@ -59,6 +59,9 @@ pub struct ClientBuilder<C = TcpConnector> {
     request_timeout: Option<Duration>,
 }
 
+/// The balancer a client (or the gRPC channel) sends through.
+pub(crate) type HttpBalancer<B, C, K> = Balancer<http::Request<B>, HttpEndpoint<B, C>, K>;
+
 /// The future a [`Client`] returns.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, RequestError>> + Send + 'static>>;
@@ -235,7 +238,7 @@ impl<C> ClientBuilder<C> {
         self,
         target: Target,
         completion: K,
-    ) -> Result<(Balancer<http::Request<B>, HttpEndpoint<B, C>, K>, Discovery), BuildError>
+    ) -> Result<(HttpBalancer<B, C, K>, Discovery), BuildError>
     where
         B: RequestBody,
         C: Connect,
