@@ -35,6 +35,7 @@
 //!
 //! use futures::StreamExt;
 //! use headless_lb::{Discovery, DnsDiscover, resolve::HickoryResolver};
+//! use tonic::transport::channel::Change;
 //! use tonic::transport::{Channel, Endpoint};
 //!
 //! let target = "web.default.svc.cluster.local:50051";
@@ -49,6 +50,11 @@
 //! let (channel, sender) = Channel::balance_channel::<SocketAddr>(64);
 //! tokio::spawn(async move {
 //!     while let Some(Ok(change)) = changes.next().await {
+//!         // tonic takes its own `Change`, not tower's.
+//!         let change = match change {
+//!             tower::discover::Change::Insert(addr, endpoint) => Change::Insert(addr, endpoint),
+//!             tower::discover::Change::Remove(addr) => Change::Remove(addr),
+//!         };
 //!         if sender.send(change).await.is_err() {
 //!             break; // the channel is gone
 //!         }
