@@ -135,7 +135,7 @@ async fn spreads_rpcs_evenly_over_equal_pods() {
     let channel = cluster.channel();
     wait_ready(&channel, 4).await;
 
-    let errors = drive(&channel, 2000, 16).await;
+    let errors = drive(&channel, 1200, 16).await;
     assert!(errors.is_empty(), "{errors:?}");
 
     let counts = cluster.requests();
@@ -150,7 +150,7 @@ async fn spreads_rpcs_evenly_over_equal_pods() {
     }
     // The channel's own accounting agrees with the servers'.
     let sent: u64 = channel.stats().endpoints.iter().map(|e| e.requests).sum();
-    assert_eq!(sent, 2000);
+    assert_eq!(sent, 1200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,7 +160,7 @@ async fn avoids_a_pod_50ms_slower() {
     let channel = cluster.channel();
     wait_ready(&channel, 4).await;
 
-    let errors = drive(&channel, 2000, 16).await;
+    let errors = drive(&channel, 1200, 16).await;
     assert!(errors.is_empty(), "{errors:?}");
 
     let counts = cluster.requests();
