@@ -1,9 +1,11 @@
 //! A pod for manual tests and acceptance checks: answers every request with
 //! `200 OK` and its listen address as the body, over HTTP/1.1 and h2c on the
-//! same port.
+//! same port; with `--protocol grpc`, a grpc.health.v1 server answering
+//! SERVING (needs `--features tonic`).
 //!
 //! ```text
 //! cargo run --example echo_server -- --listen 127.0.0.11:8080 [--delay-ms N] [--protocol http|grpc]
+//! cargo run --features tonic --example echo_server -- --listen 127.0.0.11:50051 --protocol grpc
 //! ```
 //!
 //! Serves until killed; logs on stderr. Bad arguments exit with status 2 and a
@@ -16,7 +18,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use headless_lb::testing::Pod;
 
-/// A pod: HTTP/1.1 and h2c answering 200 with its listen address as the body.
+/// A pod: HTTP/1.1 and h2c answering 200 with its listen address as the
+/// body, or a grpc.health.v1 server.
 #[derive(Debug, Parser)]
 #[command(name = "echo_server")]
 struct Args {
@@ -35,7 +38,7 @@ struct Args {
 enum Protocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge.
     Http,
-    /// A grpc.health.v1 server.
+    /// A grpc.health.v1 server answering SERVING (build with --features tonic).
     Grpc,
 }
 
@@ -53,10 +56,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Protocol::Grpc = args.protocol {
-        eprintln!("error: --protocol grpc is not supported yet");
-        return ExitCode::from(2);
-    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -64,18 +63,26 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let pod = match Pod::start(args.listen).await {
+    let delay = Duration::from_millis(args.delay_ms);
+    match args.protocol {
+        Protocol::Http => serve_http(args.listen, delay).await,
+        Protocol::Grpc => serve_grpc(args.listen, delay).await,
+    }
+}
+
+async fn serve_http(listen: SocketAddr, delay: Duration) -> ExitCode {
+    let pod = match Pod::start(listen).await {
         Ok(pod) => pod,
         Err(err) => {
-            eprintln!("error: cannot listen on {}: {err}", args.listen);
+            eprintln!("error: cannot listen on {listen}: {err}");
             return ExitCode::FAILURE;
         }
     };
-    pod.set_delay(Duration::from_millis(args.delay_ms));
+    pod.set_delay(delay);
     eprintln!(
         "echo_server listening on {} (HTTP/1.1 and h2c, delay {} ms)",
         pod.addr(),
-        args.delay_ms
+        delay.as_millis()
     );
     let _ = tokio::signal::ctrl_c().await;
     eprintln!(
@@ -84,6 +91,36 @@ async fn main() -> ExitCode {
         pod.requests()
     );
     ExitCode::SUCCESS
+}
+
+#[cfg(feature = "tonic")]
+async fn serve_grpc(listen: SocketAddr, delay: Duration) -> ExitCode {
+    let pod = match headless_lb::testing::GrpcPod::start(listen).await {
+        Ok(pod) => pod,
+        Err(err) => {
+            eprintln!("error: cannot listen on {listen}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    pod.set_delay(delay);
+    eprintln!(
+        "echo_server listening on {} (gRPC grpc.health.v1, h2c, SERVING, delay {} ms)",
+        pod.addr(),
+        delay.as_millis()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!(
+        "echo_server on {}: served {} RPCs",
+        pod.addr(),
+        pod.requests()
+    );
+    ExitCode::SUCCESS
+}
+
+#[cfg(not(feature = "tonic"))]
+async fn serve_grpc(_listen: SocketAddr, _delay: Duration) -> ExitCode {
+    eprintln!("error: --protocol grpc needs the example built with --features tonic");
+    ExitCode::from(2)
 }
 
 /// The first paragraph of a clap error on one line: "error: the following

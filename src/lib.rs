@@ -15,6 +15,8 @@
 pub mod balance;
 pub mod discover;
 pub mod error;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod http;
 pub mod resolve;
 pub mod stats;

@@ -83,6 +83,21 @@ impl PendingGuard {
     pub fn endpoint(&self) -> SocketAddr {
         self.endpoint.load().addr
     }
+
+    /// Counts the request as failed by its endpoint, in
+    /// [`EndpointStats::failures`](super::EndpointStats::failures).
+    ///
+    /// For failures the balancer cannot see from the response future alone:
+    /// a response stream that breaks midway, or an application-level "not
+    /// available" in a status the [`Completion`] inspects (gRPC's
+    /// `UNAVAILABLE`, which may arrive in trailers). It only counts; it does
+    /// not take the endpoint out of picks. Call it once per request.
+    pub fn record_failure(&self) {
+        self.endpoint
+            .load()
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for PendingGuard {

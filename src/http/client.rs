@@ -59,6 +59,9 @@ pub struct ClientBuilder<C = TcpConnector> {
     request_timeout: Option<Duration>,
 }
 
+/// The balancer a client (or the gRPC channel) sends through.
+pub(crate) type HttpBalancer<B, C, K> = Balancer<http::Request<B>, HttpEndpoint<B, C>, K>;
+
 /// The future a [`Client`] returns.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, RequestError>> + Send + 'static>>;
@@ -89,6 +92,23 @@ impl<C> ClientBuilder<C> {
     /// How long opening a connection to a pod may take \[1 s\].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.endpoint = self.endpoint.connect_timeout(timeout);
+        self
+    }
+
+    /// HTTP/2: PING a connection that received nothing for `interval`, and
+    /// close it if the PING goes unanswered for `timeout` \[none, 20 s\]; see
+    /// [`HttpEndpointBuilder::http2_keep_alive_interval`].
+    pub fn http2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.endpoint = self
+            .endpoint
+            .http2_keep_alive_interval(interval)
+            .http2_keep_alive_timeout(timeout);
+        self
+    }
+
+    /// HTTP/2: keepalive PINGs also while no request is open \[false\].
+    pub fn http2_keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.endpoint = self.endpoint.http2_keep_alive_while_idle(enabled);
         self
     }
 
@@ -201,6 +221,29 @@ impl<C> ClientBuilder<C> {
         B: RequestBody,
         C: Connect,
     {
+        let request_timeout = self.request_timeout;
+        let (balancer, discovery) = self.build_balancer(target, CompleteOnBodyEnd)?;
+        Ok(Client {
+            balancer,
+            discovery,
+            request_timeout,
+        })
+    }
+
+    /// Discovery and a balancer over [`HttpEndpoint`]s for `target`, with
+    /// `completion` deciding when a request stops counting as pending. The
+    /// client's own request timeout is not applied; the gRPC channel builds
+    /// on this with its own response body.
+    pub(crate) fn build_balancer<B, K>(
+        self,
+        target: Target,
+        completion: K,
+    ) -> Result<(HttpBalancer<B, C, K>, Discovery), BuildError>
+    where
+        B: RequestBody,
+        C: Connect,
+        K: balance::Completion<http::Response<hyper::body::Incoming>>,
+    {
         let resolver = match self.resolver {
             Some(resolver) => resolver,
             None => {
@@ -224,12 +267,8 @@ impl<C> ClientBuilder<C> {
             .balancer
             .target_name(target.to_string())
             .last_error_source(move || errors.stats().last_error.map(|e| e.to_string()))
-            .build_with_completion(DnsDiscover::new(discovery.clone(), make), CompleteOnBodyEnd);
-        Ok(Client {
-            balancer,
-            discovery,
-            request_timeout: self.request_timeout,
-        })
+            .build_with_completion(DnsDiscover::new(discovery.clone(), make), completion);
+        Ok((balancer, discovery))
     }
 }
 

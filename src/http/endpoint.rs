@@ -65,8 +65,21 @@ pub struct HttpEndpointBuilder<C = TcpConnector> {
     connect_timeout: Duration,
     max_connections: usize,
     request_timeout: Option<Duration>,
+    http2: Http2Settings,
     connector: C,
 }
+
+/// HTTP/2 connection settings: keepalive pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http2Settings {
+    pub(crate) keep_alive_interval: Option<Duration>,
+    pub(crate) keep_alive_timeout: Duration,
+    pub(crate) keep_alive_while_idle: bool,
+}
+
+/// Default for [`HttpEndpointBuilder::http2_keep_alive_timeout`]: 20 s,
+/// hyper's own default.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The [`tower::Service<SocketAddr>`] form of [`HttpEndpointBuilder`], for
 /// discovery code that takes a `MakeService`. Never fails; connecting happens
@@ -123,6 +136,11 @@ impl HttpEndpointBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             request_timeout: None,
+            http2: Http2Settings {
+                keep_alive_interval: None,
+                keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+                keep_alive_while_idle: false,
+            },
             connector: TcpConnector::new(),
         }
     }
@@ -163,6 +181,36 @@ impl<C> HttpEndpointBuilder<C> {
         self
     }
 
+    /// HTTP/2: send a PING on a connection that has received nothing for
+    /// `interval`, and close it (failing its requests and streams) if the
+    /// PING is not answered within
+    /// [`http2_keep_alive_timeout`](Self::http2_keep_alive_timeout).
+    /// Detects a pod that vanished without closing its sockets (a node
+    /// crash, a dropped route) where TCP would wait for minutes. Ignored for
+    /// HTTP/1.1. Default: none (no pings).
+    ///
+    /// Servers police pings: gRPC servers by default allow one every 5
+    /// minutes and answer more frequent ones with `GOAWAY
+    /// ENHANCE_YOUR_CALM`, so match the interval to the server's policy.
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.http2.keep_alive_interval = interval;
+        self
+    }
+
+    /// HTTP/2: how long a keepalive PING may go unanswered before the
+    /// connection is closed. Default: [`DEFAULT_KEEP_ALIVE_TIMEOUT`] (20 s).
+    pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.http2.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2: also ping connections with no request or stream open.
+    /// Default: false (pings only while a response or stream is pending).
+    pub fn http2_keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.http2.keep_alive_while_idle = enabled;
+        self
+    }
+
     /// Opens connections with `connector` instead of plain TCP (TLS, a Unix
     /// socket, fault injection). The connect timeout still applies.
     pub fn connector<C2>(self, connector: C2) -> HttpEndpointBuilder<C2> {
@@ -172,6 +220,7 @@ impl<C> HttpEndpointBuilder<C> {
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
             request_timeout: self.request_timeout,
+            http2: self.http2,
             connector,
         }
     }
@@ -201,7 +250,8 @@ impl<C> HttpEndpointBuilder<C> {
             self.max_connections,
             self.request_timeout,
             Addressing::new(self.authority.clone(), addr),
-        );
+        )
+        .with_http2(self.http2);
         HttpEndpoint {
             pool: Arc::new(pool),
             slot: Slot::Idle,
@@ -225,6 +275,7 @@ impl<C> fmt::Debug for HttpEndpointBuilder<C> {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_connections", &self.max_connections)
             .field("request_timeout", &self.request_timeout)
+            .field("http2", &self.http2)
             .finish_non_exhaustive()
     }
 }

@@ -26,8 +26,8 @@ pub use self::body::{Body, CompleteOnBodyEnd};
 pub use self::client::{Client, ClientBuilder, ResponseFuture as ClientResponseFuture};
 pub use self::connect::TcpConnector;
 pub use self::endpoint::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpEndpoint, HttpEndpointBuilder,
-    MakeHttpEndpoint, Protocol, ResponseFuture,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpEndpoint,
+    HttpEndpointBuilder, MakeHttpEndpoint, Protocol, ResponseFuture,
 };
 pub use self::error::{BoxError, ConnectError, RequestTimeout};
 /// The "never written" error, shared with the balancer; an endpoint returns

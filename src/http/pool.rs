@@ -21,9 +21,10 @@ use std::task::Waker;
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
+use super::endpoint::Http2Settings;
 use super::error::ConnectError;
 use super::rewrite::Addressing;
 use super::{Connect, Protocol, RequestBody};
@@ -43,6 +44,7 @@ pub(crate) struct Pool<B, C> {
     pub(crate) max_connections: usize,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) addressing: Addressing,
+    http2: Option<Http2Settings>,
     state: Mutex<State<B>>,
 }
 
@@ -98,6 +100,7 @@ impl<B, C> Pool<B, C> {
             },
             request_timeout,
             addressing,
+            http2: None,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 live: 0,
@@ -107,6 +110,12 @@ impl<B, C> Pool<B, C> {
                 next_waiter: 0,
             }),
         }
+    }
+
+    /// HTTP/2 keepalive settings for the connections this pool opens.
+    pub(crate) fn with_http2(mut self, settings: Http2Settings) -> Self {
+        self.http2 = Some(settings);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State<B>> {
@@ -264,7 +273,16 @@ where
             Ok(Conn::H1(tx))
         }
         Protocol::Http2 => {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            // hyper needs a timer for keepalive pings (it panics without one).
+            builder.timer(TokioTimer::new());
+            if let Some(settings) = pool.http2 {
+                builder
+                    .keep_alive_interval(settings.keep_alive_interval)
+                    .keep_alive_timeout(settings.keep_alive_timeout)
+                    .keep_alive_while_idle(settings.keep_alive_while_idle);
+            }
+            let (tx, conn) = builder
                 .handshake(io)
                 .await
                 .map_err(|e| ConnectError::handshake(addr, e))?;

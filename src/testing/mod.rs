@@ -10,6 +10,8 @@
 //!   well-behaved server never shows: truncation, garbage, TCP refused, delay.
 //! - [`Pod`]: a real HTTP/1.1 + h2c server on a 127.0.0.x address that answers
 //!   with its own address, and can be made slow, failing, hung, killed and restarted.
+//! - [`GrpcPod`] (with the `tonic` feature): a real grpc.health.v1 server on
+//!   a 127.0.0.x address, with the same knobs, for the gRPC channel.
 //! - [`wait_for`] / [`wait_for_async`]: poll a condition with a deadline instead
 //!   of sleeping a fixed time.
 //!
@@ -39,3 +41,8 @@ pub use hickory_proto::rr::RecordType;
 
 mod pod;
 pub use self::pod::{AUTHORITY_HEADER, Pod};
+
+#[cfg(feature = "tonic")]
+mod grpc_pod;
+#[cfg(feature = "tonic")]
+pub use self::grpc_pod::GrpcPod;

@@ -1,0 +1,335 @@
+//! [`GrpcPod`]: a real grpc.health.v1 server (tonic) on a loopback address, with knobs for latency, status, stream ends and crashes.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tower::ServiceExt;
+
+/// A gRPC pod: a tonic `grpc.health.v1.Health` server that answers every
+/// `Check` with `SERVING`, and every `Watch` with one `SERVING` message on a
+/// stream that stays open until [`end_streams`](Self::end_streams) (or a kill).
+///
+/// Like [`Pod`](super::Pod), several listen on distinct loopback addresses
+/// (127.0.0.11, …) and can be made slow ([`set_delay`](Self::set_delay)) or
+/// failing ([`set_status`](Self::set_status)), killed and restarted. The
+/// server speaks HTTP/2 with prior knowledge (h2c), as gRPC clients do.
+/// Dropping a `GrpcPod` kills it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use headless_lb::testing::GrpcPod;
+///
+/// let pod = GrpcPod::start("127.0.0.11:0".parse().unwrap()).await?;
+/// pod.set_delay(std::time::Duration::from_millis(50));
+/// assert_eq!(pod.requests(), 0);
+/// pod.kill().await; // connections are refused from here on
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct GrpcPod {
+    addr: SocketAddr,
+    state: Arc<PodState>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct PodState {
+    addr: SocketAddr,
+    delay: Mutex<Duration>,
+    /// `None` (-1): answer SERVING; otherwise fail every RPC with this code.
+    status: AtomicI32,
+    /// Bumped by every `kill`, to end RPCs that outlive their connection.
+    kills: watch::Sender<u64>,
+    /// Bumped by `end_streams`, to end every open `Watch` stream with OK.
+    stream_ends: watch::Sender<u64>,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    open_streams: AtomicU64,
+    connections: AtomicU64,
+    conns: Mutex<JoinSet<()>>,
+}
+
+/// The `Health` implementation every connection of a pod shares.
+#[derive(Debug, Clone)]
+struct PodHealth(Arc<PodState>);
+
+/// Lowers a counter when dropped.
+struct Count(Arc<PodState>, fn(&PodState) -> &AtomicU64);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+// ===== impl GrpcPod =====
+
+impl GrpcPod {
+    /// Starts one pod on each of `ips`, all on the same port (picked free on
+    /// the first IP; the set is retried a few times if another IP has it taken).
+    pub async fn start_all(ips: &[IpAddr]) -> io::Result<Vec<GrpcPod>> {
+        let Some((first, rest)) = ips.split_first() else {
+            return Ok(Vec::new());
+        };
+        let mut last_err = None;
+        for _ in 0..8 {
+            let lead = GrpcPod::start(SocketAddr::new(*first, 0)).await?;
+            let port = lead.addr().port();
+            let mut pods = vec![lead];
+            for ip in rest {
+                match GrpcPod::start(SocketAddr::new(*ip, port)).await {
+                    Ok(pod) => pods.push(pod),
+                    Err(e) => {
+                        last_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            if pods.len() == ips.len() {
+                return Ok(pods);
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and starts serving.
+    pub async fn start(addr: SocketAddr) -> io::Result<GrpcPod> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(PodState {
+            addr,
+            delay: Mutex::new(Duration::ZERO),
+            status: AtomicI32::new(-1),
+            kills: watch::Sender::new(0),
+            stream_ends: watch::Sender::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            open_streams: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            conns: Mutex::new(JoinSet::new()),
+        });
+        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        tracing::debug!(pod = %addr, "grpc pod started");
+        Ok(GrpcPod {
+            addr,
+            state,
+            accept: Mutex::new(Some(accept)),
+        })
+    }
+
+    /// The address the pod listens on (with the real port if 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits this long before answering each RPC (a `Watch`: before its
+    /// first message). Default: none.
+    pub fn set_delay(&self, delay: Duration) {
+        *lock(&self.state.delay) = delay;
+    }
+
+    /// Fails every RPC with `code` (`Some(Code::Unavailable)`, …), or
+    /// answers `SERVING` again (`None`). Default: `None`.
+    pub fn set_status(&self, code: Option<Code>) {
+        let v = code.map_or(-1, |c| c as i32);
+        self.state.status.store(v, Ordering::Relaxed);
+    }
+
+    /// Ends every open `Watch` stream with status OK.
+    pub fn end_streams(&self) {
+        self.state.stream_ends.send_modify(|n| *n += 1);
+    }
+
+    /// RPCs answered so far (any status; a `Watch` counts once, when it starts).
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// RPCs received and not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// `Watch` streams open now.
+    pub fn open_streams(&self) -> u64 {
+        self.state.open_streams.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// True between `start`/`restart` and `kill`.
+    pub fn is_running(&self) -> bool {
+        lock(&self.accept).is_some()
+    }
+
+    /// Crashes the pod: closes the listener (new connections are refused)
+    /// and drops every open connection, failing the RPCs on them. Returns
+    /// once all sockets are closed. Idempotent.
+    pub async fn kill(&self) {
+        let accept = lock(&self.accept).take();
+        if let Some(accept) = accept {
+            accept.abort();
+            let _ = accept.await;
+            tracing::debug!(pod = %self.addr, "grpc pod killed");
+        }
+        self.state.kills.send_modify(|k| *k += 1);
+        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
+        conns.shutdown().await;
+    }
+
+    /// Listens on the same address again after [`kill`](Self::kill).
+    /// Counters and controls keep their values. A no-op while running.
+    pub async fn restart(&self) -> io::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.addr).await?;
+        let accept = tokio::spawn(accept_loop(listener, self.state.clone()));
+        *lock(&self.accept) = Some(accept);
+        tracing::debug!(pod = %self.addr, "grpc pod restarted");
+        Ok(())
+    }
+}
+
+impl Drop for GrpcPod {
+    fn drop(&mut self) {
+        if let Some(accept) = lock(&self.accept).take() {
+            accept.abort();
+        }
+        self.state.kills.send_modify(|k| *k += 1);
+        lock(&self.state.conns).abort_all();
+    }
+}
+
+// ===== impl PodHealth =====
+
+impl PodHealth {
+    /// Waits out the delay; `Err` if the pod was killed meanwhile or is set
+    /// to fail.
+    async fn answer(&self) -> Result<(), Status> {
+        let state = &self.0;
+        let _in_flight = Count::new(state.clone(), |s| &s.in_flight);
+        let mut killed = state.kills.subscribe();
+        let delay = *lock(&state.delay);
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = killed.changed() => return Err(Status::unavailable("pod killed")),
+            }
+        }
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        match state.status.load(Ordering::Relaxed) {
+            -1 => Ok(()),
+            code => Err(Status::new(
+                Code::from_i32(code),
+                format!("{} set to fail", state.addr),
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for PodHealth {
+    async fn check(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.answer().await?;
+        Ok(Response::new(serving()))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.answer().await?;
+        let state = self.0.clone();
+        let open = Count::new(state.clone(), |s| &s.open_streams);
+        let mut ends = state.stream_ends.subscribe();
+        let mut killed = state.kills.subscribe();
+        let rest = futures::stream::once(async move {
+            tokio::select! {
+                _ = ends.changed() => {}
+                _ = killed.changed() => {}
+            }
+            drop(open);
+        })
+        .filter_map(|()| std::future::ready(None));
+        let stream = futures::stream::once(std::future::ready(Ok(serving()))).chain(rest);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn serving() -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: ServingStatus::Serving as i32,
+    }
+}
+
+// ===== impl Count =====
+
+impl Count {
+    fn new(state: Arc<PodState>, counter: fn(&PodState) -> &AtomicU64) -> Self {
+        counter(&state).fetch_add(1, Ordering::Relaxed);
+        Self(state, counter)
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// ===== server =====
+
+async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
+    let server = HealthServer::new(PodHealth(state.clone()));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                tracing::warn!(pod = %state.addr, error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        let server = server.clone();
+        let service = service_fn(move |req: http::Request<Incoming>| server.clone().oneshot(req));
+        let mut conns = lock(&state.conns);
+        while conns.try_join_next().is_some() {}
+        conns.spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::trace!(error = %err, "grpc pod connection ended with an error");
+            }
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,444 @@
+//! The balanced gRPC channel against real tonic servers on 127.0.0.x, found through a real DNS server.
+
+#![cfg(feature = "tonic")]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use headless_lb::grpc::Channel;
+use headless_lb::resolve::HickoryResolver;
+use headless_lb::testing::{DnsServer, GrpcPod, wait_for};
+use headless_lb::{Discovery, DnsDiscover, EndpointState};
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::channel::Change;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const NAME: &str = "web.default.svc.cluster.local";
+
+/// A DNS server with TTL 1 s listing gRPC pods on `ips`, all on one port.
+struct Cluster {
+    dns: DnsServer,
+    pods: Vec<GrpcPod>,
+    port: u16,
+}
+
+impl Cluster {
+    async fn start(ips: &[u8]) -> Cluster {
+        let dns = DnsServer::start().await.unwrap();
+        let ips: Vec<IpAddr> = ips.iter().map(|i| [127, 0, 0, *i].into()).collect();
+        let pods = GrpcPod::start_all(&ips).await.unwrap();
+        let port = pods[0].addr().port();
+        dns.set_ips(NAME, &ips, 1);
+        Cluster { dns, pods, port }
+    }
+
+    fn target(&self) -> String {
+        format!("dns:///{NAME}:{}", self.port)
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::builder()
+            .nameserver(self.dns.addr())
+            .endpoint_backoff(Duration::from_millis(50), Duration::from_millis(200))
+            .build(&self.target())
+            .unwrap()
+    }
+
+    fn requests(&self) -> Vec<u64> {
+        self.pods.iter().map(GrpcPod::requests).collect()
+    }
+}
+
+fn check_request() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: String::new(),
+    }
+}
+
+/// One health check through `client`, returning the status code.
+async fn check<T>(client: &mut HealthClient<T>) -> Code
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    match client.check(check_request()).await {
+        Ok(reply) => {
+            assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+            Code::Ok
+        }
+        Err(status) => status.code(),
+    }
+}
+
+/// `total` checks, `concurrency` at a time; the codes that were not OK.
+async fn drive(channel: &Channel, total: usize, concurrency: usize) -> Vec<Code> {
+    futures::stream::iter(0..total)
+        .map(|_| {
+            let mut client = HealthClient::new(channel.clone());
+            async move { check(&mut client).await }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|code| std::future::ready(*code != Code::Ok))
+        .collect()
+        .await
+}
+
+/// Checks `concurrency` at a time until `stop` is set; counts errors.
+fn drive_until(
+    channel: &Channel,
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+) -> tokio::task::JoinSet<()> {
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let mut client = HealthClient::new(channel.clone());
+        let (stop, errors) = (stop.clone(), errors.clone());
+        workers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let code = check(&mut client).await;
+                if code != Code::Ok {
+                    assert_eq!(code, Code::Unavailable, "a failed RPC is UNAVAILABLE");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    workers
+}
+
+async fn wait_ready(channel: &Channel, n: usize) {
+    wait_for(Duration::from_secs(3), "endpoints ready", || {
+        let stats = channel.stats();
+        stats
+            .endpoints
+            .iter()
+            .filter(|e| e.state == EndpointState::Ready)
+            .count()
+            == n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spreads_rpcs_evenly_over_equal_pods() {
+    let cluster = Cluster::start(&[101, 102, 103, 104]).await;
+    let channel = cluster.channel();
+    wait_ready(&channel, 4).await;
+
+    let errors = drive(&channel, 1200, 16).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let counts = cluster.requests();
+    let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+    for (pod, n) in cluster.pods.iter().zip(&counts) {
+        let off = (*n as f64 - mean).abs() / mean;
+        assert!(
+            off <= 0.2,
+            "{} got {n} RPCs, mean {mean}: {counts:?}",
+            pod.addr()
+        );
+    }
+    // The channel's own accounting agrees with the servers'.
+    let sent: u64 = channel.stats().endpoints.iter().map(|e| e.requests).sum();
+    assert_eq!(sent, 1200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn avoids_a_pod_50ms_slower() {
+    let cluster = Cluster::start(&[111, 112, 113, 114]).await;
+    cluster.pods[0].set_delay(Duration::from_millis(50));
+    let channel = cluster.channel();
+    wait_ready(&channel, 4).await;
+
+    let errors = drive(&channel, 1200, 16).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let counts = cluster.requests();
+    let total: u64 = counts.iter().sum();
+    let share = counts[0] as f64 / total as f64;
+    assert!(
+        share < 0.10,
+        "slow pod took {:.1} %: {counts:?}",
+        share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_pod_fails_only_its_rpcs_in_flight_and_rejoins_after_restart() {
+    let cluster = Cluster::start(&[121, 122, 123, 124]).await;
+    for pod in &cluster.pods {
+        pod.set_delay(Duration::from_millis(5));
+    }
+    let channel = cluster.channel();
+    wait_ready(&channel, 4).await;
+
+    const CONCURRENCY: usize = 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = drive_until(&channel, CONCURRENCY, stop.clone(), errors.clone());
+    let victim = &cluster.pods[0];
+    wait_for(Duration::from_secs(3), "the victim serving", || {
+        victim.requests() > 20
+    })
+    .await;
+    let in_flight_at_kill = victim.in_flight();
+    victim.kill().await;
+    let before = cluster.requests();
+    wait_for(Duration::from_secs(3), "400 RPCs after the kill", || {
+        let now = cluster.requests();
+        now.iter().sum::<u64>() - before.iter().sum::<u64>() >= 400
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = workers.join_next().await {
+        joined.unwrap();
+    }
+    let failed = errors.load(Ordering::Relaxed);
+    assert!(
+        failed <= CONCURRENCY as u64,
+        "{failed} RPCs failed; at most the {CONCURRENCY} in flight may (the victim had {in_flight_at_kill})"
+    );
+    let stats = channel.stats();
+    let victim_stats = stats
+        .endpoints
+        .iter()
+        .find(|e| e.address == victim.addr())
+        .unwrap();
+    assert_ne!(victim_stats.state, EndpointState::Ready, "{victim_stats:?}");
+
+    // Later RPCs all succeed.
+    let errors = drive(&channel, 200, 8).await;
+    assert!(errors.is_empty(), "after the kill: {errors:?}");
+
+    // It rejoins once it is back.
+    victim.restart().await.unwrap();
+    let served = victim.requests();
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = drive_until(&channel, 4, stop.clone(), errors.clone());
+    wait_for(Duration::from_secs(3), "the restarted pod serving", || {
+        victim.requests() > served + 10
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = workers.join_next().await {
+        joined.unwrap();
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_added_to_dns_gets_rpcs_within_ttl_plus_one_second() {
+    let cluster = Cluster::start(&[131, 132, 133]).await;
+    let listed: Vec<IpAddr> = cluster.pods[..2].iter().map(|p| p.addr().ip()).collect();
+    cluster.dns.set_ips(NAME, &listed, 1);
+    let channel = cluster.channel();
+    wait_ready(&channel, 2).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = drive_until(&channel, 4, stop.clone(), errors.clone());
+    let newcomer = &cluster.pods[2];
+    assert_eq!(newcomer.requests(), 0);
+    let all: Vec<IpAddr> = cluster.pods.iter().map(|p| p.addr().ip()).collect();
+    let added = Instant::now();
+    cluster.dns.set_ips(NAME, &all, 1);
+    wait_for(Duration::from_secs(2), "RPCs on the new pod", || {
+        newcomer.requests() > 0
+    })
+    .await;
+    let took = added.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = workers.join_next().await {
+        joined.unwrap();
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+    eprintln!("new pod served after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_endpoints_fail_with_unavailable_after_failfast_timeout() {
+    let dns = DnsServer::start().await.unwrap();
+    let target = format!("dns:///{NAME}:50051");
+    let failfast = Duration::from_millis(300);
+    let channel = Channel::builder()
+        .nameserver(dns.addr())
+        .failfast_timeout(failfast)
+        .build(&target)
+        .unwrap();
+    wait_for(Duration::from_secs(3), "the first DNS answer", || {
+        channel.stats().discovery.last_error.is_some()
+    })
+    .await;
+
+    let mut client = HealthClient::new(channel.clone());
+    for _ in 0..2 {
+        let started = Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(2), client.check(check_request()))
+            .await
+            .expect("an RPC without endpoints must not hang")
+            .expect_err("no endpoints");
+        let took = started.elapsed();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            took >= failfast && took < failfast + Duration::from_millis(500),
+            "failed after {took:?}"
+        );
+        assert!(status.message().contains(&target), "{}", status.message());
+        assert!(
+            status.message().contains("no records"),
+            "names the DNS error: {}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_server_stream_keeps_its_pod_pending_until_it_ends() {
+    let cluster = Cluster::start(&[141, 142]).await;
+    let channel = cluster.channel();
+    wait_ready(&channel, 2).await;
+    let pending = |addr: SocketAddr| {
+        channel
+            .stats()
+            .endpoints
+            .iter()
+            .find(|e| e.address == addr)
+            .map(|e| e.pending)
+            .unwrap()
+    };
+
+    let mut client = HealthClient::new(channel.clone());
+    let mut stream = client.watch(check_request()).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let streaming = cluster
+        .pods
+        .iter()
+        .find(|p| p.open_streams() == 1)
+        .expect("one pod holds the stream");
+    let other = cluster.pods.iter().find(|p| p.open_streams() == 0).unwrap();
+    assert_eq!(pending(streaming.addr()), 1);
+
+    // Unary RPCs come and go; the stream's count stays.
+    let errors = drive(&channel, 100, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(pending(streaming.addr()), 1);
+    assert_eq!(pending(other.addr()), 0);
+
+    streaming.end_streams();
+    assert!(stream.message().await.unwrap().is_none(), "stream ended OK");
+    assert_eq!(pending(streaming.addr()), 0);
+    let failures: u64 = channel.stats().endpoints.iter().map(|e| e.failures).sum();
+    assert_eq!(failures, 0);
+
+    // Dropping an open stream releases its count too.
+    let stream = client.watch(check_request()).await.unwrap().into_inner();
+    wait_for(Duration::from_secs(1), "the second stream pending", || {
+        channel
+            .stats()
+            .endpoints
+            .iter()
+            .map(|e| e.pending)
+            .sum::<usize>()
+            == 1
+    })
+    .await;
+    drop(stream);
+    assert_eq!(
+        channel
+            .stats()
+            .endpoints
+            .iter()
+            .map(|e| e.pending)
+            .sum::<usize>(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_and_broken_streams_count_as_endpoint_failures() {
+    let cluster = Cluster::start(&[151]).await;
+    let pod = &cluster.pods[0];
+    let channel = cluster.channel();
+    wait_ready(&channel, 1).await;
+    let failures = || channel.stats().endpoints[0].failures;
+    let mut client = HealthClient::new(channel.clone());
+
+    pod.set_status(Some(Code::NotFound));
+    assert_eq!(check(&mut client).await, Code::NotFound);
+    assert_eq!(
+        failures(),
+        0,
+        "an application error is not the pod's failure"
+    );
+
+    pod.set_status(Some(Code::Unavailable));
+    assert_eq!(check(&mut client).await, Code::Unavailable);
+    assert_eq!(failures(), 1);
+    pod.set_status(None);
+
+    // A stream cut by the pod's crash fails with UNAVAILABLE and counts.
+    let mut stream = client.watch(check_request()).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    pod.kill().await;
+    let status = stream.message().await.expect_err("the stream broke");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(failures(), 2);
+    assert_eq!(channel.stats().endpoints[0].pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_discover_feeds_tonics_balance_channel() {
+    let cluster = Cluster::start(&[161, 162, 163]).await;
+    let target = format!("{NAME}:{}", cluster.port);
+    let resolver = Arc::new(
+        HickoryResolver::builder()
+            .nameserver(cluster.dns.addr())
+            .build()
+            .unwrap(),
+    );
+    let discovery = Discovery::spawn(target.parse().unwrap(), resolver);
+    let origin: http::Uri = format!("http://{target}").parse().unwrap();
+    let mut changes = DnsDiscover::from_fn(discovery, move |addr: SocketAddr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .origin(origin.clone())
+    });
+    let (channel, sender) = tonic::transport::Channel::balance_channel::<SocketAddr>(16);
+    let feeder = tokio::spawn(async move {
+        while let Some(Ok(change)) = changes.next().await {
+            // tonic has its own `Change`, not tower's.
+            let change = match change {
+                tower::discover::Change::Insert(addr, endpoint) => Change::Insert(addr, endpoint),
+                tower::discover::Change::Remove(addr) => Change::Remove(addr),
+            };
+            if sender.send(change).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut client = HealthClient::new(channel);
+    // tonic's balancer waits for its first endpoint rather than failing.
+    let mut seen = BTreeMap::new();
+    for _ in 0..300 {
+        assert_eq!(check(&mut client).await, Code::Ok);
+    }
+    for pod in &cluster.pods {
+        seen.insert(pod.addr(), pod.requests());
+    }
+    assert!(seen.values().all(|n| *n > 0), "every pod served: {seen:?}");
+    assert_eq!(seen.values().sum::<u64>(), 300);
+    feeder.abort();
+}
