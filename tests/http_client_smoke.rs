@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use headless_lb::http::Client;
+use headless_lb::http::{Client, ServedBy};
 use headless_lb::testing::{DnsServer, Pod, wait_for};
 use http_body_util::BodyExt;
 
@@ -23,6 +23,11 @@ async fn spreads_requests_over_every_pod() {
     for _ in 0..300 {
         let rsp = client.get("/hello").await.unwrap();
         assert_eq!(rsp.status(), 200);
+        let served_by = rsp
+            .extensions()
+            .get::<ServedBy>()
+            .copied()
+            .expect("ServedBy");
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
         *seen
             .entry(String::from_utf8(body.to_vec()).unwrap())

@@ -1,6 +1,7 @@
 //! [`Body`]: a response body that keeps its request pending on its endpoint until it ends.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -21,7 +22,23 @@ pub struct Body {
     guard: Option<PendingGuard>,
 }
 
-/// The [`Completion`] that moves the pending guard into the response [`Body`].
+/// A response extension naming the pod that served the response.
+///
+/// ```no_run
+/// # async fn run(client: headless_lb::http::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// use headless_lb::http::ServedBy;
+///
+/// let response = client.get("/").await?;
+/// if let Some(ServedBy(pod)) = response.extensions().get::<ServedBy>() {
+///     println!("answered by {pod}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServedBy(pub SocketAddr);
+
+/// The [`Completion`] that moves the pending guard into the response [`Body`]
+/// and records [`ServedBy`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompleteOnBodyEnd;
 
@@ -76,7 +93,12 @@ impl fmt::Debug for Body {
 impl Completion<http::Response<Incoming>> for CompleteOnBodyEnd {
     type Output = http::Response<Body>;
 
-    fn complete(&self, response: http::Response<Incoming>, guard: PendingGuard) -> Self::Output {
+    fn complete(
+        &self,
+        mut response: http::Response<Incoming>,
+        guard: PendingGuard,
+    ) -> Self::Output {
+        response.extensions_mut().insert(ServedBy(guard.endpoint()));
         response.map(|inner| {
             // An empty body is over already: release the count at once.
             let guard = (!http_body::Body::is_end_stream(&inner)).then_some(guard);

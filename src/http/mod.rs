@@ -22,7 +22,7 @@ mod rewrite;
 
 use std::net::SocketAddr;
 
-pub use self::body::{Body, CompleteOnBodyEnd};
+pub use self::body::{Body, CompleteOnBodyEnd, ServedBy};
 pub use self::client::{Client, ClientBuilder, ResponseFuture as ClientResponseFuture};
 pub use self::connect::TcpConnector;
 pub use self::endpoint::{

@@ -195,8 +195,11 @@ impl Pod {
             let _ = accept.await;
             tracing::debug!(pod = %self.addr, "pod killed");
         }
-        self.state.kills.send_modify(|k| *k += 1);
+        // Abort the connections before waking the handlers parked on `kills`:
+        // a woken handler must never get to write a response on the way out.
         let mut conns = std::mem::take(&mut *lock(&self.state.conns));
+        conns.abort_all();
+        self.state.kills.send_modify(|k| *k += 1);
         conns.shutdown().await;
     }
 
@@ -219,8 +222,8 @@ impl Drop for Pod {
         if let Some(accept) = lock(&self.accept).take() {
             accept.abort();
         }
-        self.state.kills.send_modify(|k| *k += 1);
         lock(&self.state.conns).abort_all();
+        self.state.kills.send_modify(|k| *k += 1);
     }
 }
 
