@@ -377,10 +377,10 @@ async fn slow_pod_is_avoided(protocol: Protocol, net: u8) {
 /// which puts the overall p99 on the slow pod's latency (measured with the
 /// scenario running alone: p99 64-72 ms against 26-34 ms for HTTP/1.1,
 /// 78-90 ms against 44-68 ms for HTTP/2).
-/// Run with `--ignored` on an idle machine, where fast pods answer in well
-/// under a millisecond and the slow pod costs 50× more.
+/// On a machine that is not saturated by other work (as in CI), fast pods
+/// answer in about a millisecond, the slow pod costs 50× more, and its share
+/// stays well under 1 %.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs an idle machine: on a loaded one the fast pods' own latency is within 3x of the slow pod's"]
 async fn slow_pod_keeps_p99() {
     for (protocol, net) in [(Protocol::Http1, 30), (Protocol::Http2, 31)] {
         let (_, p99_all, p99_fast) = slow_pod_run(protocol, net).await;
