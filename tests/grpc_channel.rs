@@ -460,3 +460,39 @@ async fn dns_discover_feeds_tonics_balance_channel() {
     assert_eq!(seen.values().sum::<u64>(), 300);
     feeder.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_fails_an_rpc_to_a_silent_pod_with_unavailable() {
+    // A pod that accepts connections and then never answers anything, as
+    // one behind a dropped route or on a frozen node looks.
+    let silent = tokio::net::TcpListener::bind("127.0.0.171:0")
+        .await
+        .unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(NAME, &[addr.ip()], 1);
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(300));
+    let channel = Channel::builder()
+        .nameserver(dns.addr())
+        .keep_alive(Some(interval), timeout)
+        .build(&format!("{NAME}:{}", addr.port()))
+        .unwrap();
+
+    let mut client = HealthClient::new(channel.clone());
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(3), client.check(check_request()))
+        .await
+        .expect("keepalive must end the RPC")
+        .expect_err("nobody answers");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(took >= interval, "failed after {took:?}");
+    assert_eq!(channel.stats().endpoints[0].failures, 1);
+    held.abort();
+}
