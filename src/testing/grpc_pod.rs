@@ -188,9 +188,12 @@ impl GrpcPod {
             let _ = accept.await;
             tracing::debug!(pod = %self.addr, "grpc pod killed");
         }
-        self.state.kills.send_modify(|k| *k += 1);
+        // Close the sockets first, so that clients see their connection
+        // break rather than RPCs ending in good order; then end the RPC tasks
+        // that outlive their connection (HTTP/2 runs each in a task of its own).
         let mut conns = std::mem::take(&mut *lock(&self.state.conns));
         conns.shutdown().await;
+        self.state.kills.send_modify(|k| *k += 1);
     }
 
     /// Listens on the same address again after [`kill`](Self::kill).
