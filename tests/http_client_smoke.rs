@@ -29,9 +29,13 @@ async fn spreads_requests_over_every_pod() {
             .copied()
             .expect("ServedBy");
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
-        *seen
-            .entry(String::from_utf8(body.to_vec()).unwrap())
-            .or_insert(0) += 1;
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(
+            body,
+            served_by.0.to_string(),
+            "ServedBy names the pod that answered"
+        );
+        *seen.entry(body).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert_eq!(
