@@ -1,4 +1,4 @@
-//! Drives HTTP load at a target and prints ONE line of JSON with the result.
+//! Drives HTTP or gRPC load at a target and prints ONE line of JSON with the result.
 //!
 //! ```text
 //! cargo run --example loadgen -- TARGET [--nameserver IP:PORT] [--protocol http|grpc]
@@ -29,6 +29,15 @@
 //!   load signal, health or retries.
 //! - `direct`: one plain hyper-util client to the first resolved address (the
 //!   no-balancer baseline).
+//!
+//! `--protocol grpc` (build with `--features tonic`) sends unary
+//! `grpc.health.v1.Health/Check` RPCs instead (`--path` and `--http2` do not
+//! apply); `errors` are the RPCs that did not end in OK. `p2c` is the balanced
+//! [`headless_lb::grpc::Channel`]; `round-robin` and `random` pick among one
+//! lazily connected tonic `Channel` per discovered pod; `direct` is one tonic
+//! `Channel` to the first resolved address. `per_endpoint` counts the RPCs
+//! that ended in OK, by the pod that served them (`ServedBy` for `p2c`, the
+//! address sent to otherwise).
 //!
 //! Progress goes to stderr once a second. Bad arguments exit with status 2 and
 //! one line on stderr; a target that never resolves exits with status 1.
@@ -101,7 +110,7 @@ struct Args {
 enum Proto {
     /// HTTP/1.1 (or h2c with --http2).
     Http,
-    /// gRPC health checks (not supported yet).
+    /// Unary grpc.health.v1 Check RPCs (needs the `tonic` feature).
     Grpc,
 }
 
@@ -158,6 +167,8 @@ enum Sender {
         addr: SocketAddr,
         authority: http::HeaderValue,
     },
+    #[cfg(feature = "tonic")]
+    Grpc(grpc::GrpcSender),
 }
 
 /// Round-robin or random over per-pod endpoints that follow discovery.
@@ -177,8 +188,11 @@ struct Outcome {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = common::parse_args();
+    #[cfg(not(feature = "tonic"))]
     if let Proto::Grpc = args.protocol {
-        return common::usage_error("--protocol grpc is not supported yet");
+        return common::usage_error(
+            "--protocol grpc needs the tonic feature: build with `--features tonic`",
+        );
     }
     common::init_logging();
 
@@ -187,7 +201,14 @@ async fn main() -> ExitCode {
     } else {
         Protocol::Http1
     };
-    let sender = match build_sender(&args, protocol).await {
+    let built = match args.protocol {
+        Proto::Http => build_sender(&args, protocol).await,
+        #[cfg(feature = "tonic")]
+        Proto::Grpc => grpc::build(&args).await.map(Sender::Grpc),
+        #[cfg(not(feature = "tonic"))]
+        Proto::Grpc => unreachable!("refused above"),
+    };
+    let sender = match built {
         Ok(sender) => Arc::new(sender),
         Err(Failure::Usage(msg)) => return common::usage_error(msg),
         Err(Failure::Runtime(msg)) => {
@@ -214,29 +235,45 @@ enum Failure {
     Runtime(String),
 }
 
+/// Waits for discovery's first non-empty endpoint set.
+async fn wait_first(
+    discovery: Discovery,
+) -> Result<Arc<std::collections::BTreeSet<SocketAddr>>, Failure> {
+    let mut sets = discovery.watch();
+    let first = tokio::time::timeout(
+        FIRST_RESOLUTION_TIMEOUT,
+        sets.wait_for(|set| !set.is_empty()),
+    )
+    .await;
+    match first {
+        Ok(Ok(set)) => Ok(set.clone()),
+        _ => Err(Failure::Runtime(format!(
+            "{} did not resolve to any address within {FIRST_RESOLUTION_TIMEOUT:?}{}",
+            discovery.target(),
+            discovery
+                .stats()
+                .last_error
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+/// Discovery for the baseline modes, over the same resolver settings as `p2c`.
+fn spawn_discovery(args: &Args) -> Result<Discovery, Failure> {
+    let mut resolver = HickoryResolver::builder();
+    if let Some(ns) = args.nameserver {
+        resolver = resolver.nameserver(ns);
+    }
+    let resolver = resolver
+        .build()
+        .map_err(|e| Failure::Usage(format!("cannot set up the resolver: {e}")))?;
+    Ok(Discovery::spawn(args.target.clone(), Arc::new(resolver)))
+}
+
 async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure> {
     let target = args.target.clone();
     let authority = target.authority();
-    let wait_first = |discovery: Discovery| async move {
-        let mut sets = discovery.watch();
-        let first = tokio::time::timeout(
-            FIRST_RESOLUTION_TIMEOUT,
-            sets.wait_for(|set| !set.is_empty()),
-        )
-        .await;
-        match first {
-            Ok(Ok(set)) => Ok(set.clone()),
-            _ => Err(Failure::Runtime(format!(
-                "{} did not resolve to any address within {FIRST_RESOLUTION_TIMEOUT:?}{}",
-                discovery.target(),
-                discovery
-                    .stats()
-                    .last_error
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ))),
-        }
-    };
 
     if args.mode == Mode::P2c {
         let mut builder = Client::builder().protocol(protocol);
@@ -251,14 +288,7 @@ async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure
         return Ok(Sender::P2c(client));
     }
 
-    let mut resolver = HickoryResolver::builder();
-    if let Some(ns) = args.nameserver {
-        resolver = resolver.nameserver(ns);
-    }
-    let resolver = resolver
-        .build()
-        .map_err(|e| Failure::Usage(format!("cannot set up the resolver: {e}")))?;
-    let discovery = Discovery::spawn(target, Arc::new(resolver));
+    let discovery = spawn_discovery(args)?;
     let first = wait_first(discovery.clone()).await?;
 
     if args.mode == Mode::Direct {
@@ -326,6 +356,8 @@ impl Sender {
                 Err(e) => failed(&e),
             },
             Sender::Baseline(baseline) => baseline.send(path).await,
+            #[cfg(feature = "tonic")]
+            Sender::Grpc(grpc) => grpc.send().await,
             Sender::Direct {
                 client,
                 addr,
@@ -545,4 +577,167 @@ fn ms(d: Duration) -> f64 {
 
 fn round3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
+}
+
+/// `--protocol grpc`: unary health checks through the balanced channel or a baseline.
+#[cfg(feature = "tonic")]
+mod grpc {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use arc_swap::ArcSwap;
+    use headless_lb::Discovery;
+    use headless_lb::http::ServedBy;
+    use tonic::transport::{Channel, Endpoint};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::{Args, Failure, Mode, Outcome, spawn_discovery, wait_first};
+
+    /// Where RPCs go.
+    pub enum GrpcSender {
+        P2c(headless_lb::grpc::Channel),
+        /// Round-robin or random over one tonic channel per pod, following discovery.
+        Baseline {
+            random: bool,
+            next: AtomicUsize,
+            channels: Arc<ArcSwap<Vec<(SocketAddr, Channel)>>>,
+        },
+        /// One tonic channel to the first resolved address.
+        Direct {
+            addr: SocketAddr,
+            channel: Channel,
+        },
+    }
+
+    pub async fn build(args: &Args) -> Result<GrpcSender, Failure> {
+        if args.mode == Mode::P2c {
+            let mut builder = headless_lb::grpc::Channel::builder();
+            if let Some(ns) = args.nameserver {
+                builder = builder.nameserver(ns);
+            }
+            let channel = builder
+                .build_target(args.target.clone())
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            wait_first(channel.discovery().clone()).await?;
+            return Ok(GrpcSender::P2c(channel));
+        }
+
+        let authority = args.target.authority();
+        let origin: http::Uri = format!("http://{authority}")
+            .parse()
+            .map_err(|e| Failure::Usage(format!("bad authority {authority:?}: {e}")))?;
+        let discovery = spawn_discovery(args)?;
+        let first = wait_first(discovery.clone()).await?;
+        if args.mode == Mode::Direct {
+            let addr = *first.iter().next().expect("waited for a non-empty set");
+            return Ok(GrpcSender::Direct {
+                addr,
+                channel: connect(addr, &origin),
+            });
+        }
+        let channels = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        tokio::spawn(follow(discovery, origin, channels.clone()));
+        // `follow` publishes the current set at once; wait for it.
+        while channels.load().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        Ok(GrpcSender::Baseline {
+            random: args.mode == Mode::Random,
+            next: AtomicUsize::new(0),
+            channels,
+        })
+    }
+
+    /// A lazily connecting tonic channel to one pod; `:authority` is the service.
+    fn connect(addr: SocketAddr, origin: &http::Uri) -> Channel {
+        Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a socket address makes a valid URI")
+            .origin(origin.clone())
+            .tcp_nodelay(true)
+            .connect_lazy()
+    }
+
+    /// Keeps `channels` equal to discovery's set, reusing the channels of
+    /// addresses that stay.
+    async fn follow(
+        discovery: Discovery,
+        origin: http::Uri,
+        channels: Arc<ArcSwap<Vec<(SocketAddr, Channel)>>>,
+    ) {
+        let mut sets = discovery.watch();
+        let mut current: BTreeMap<SocketAddr, Channel> = BTreeMap::new();
+        loop {
+            let set = sets.borrow_and_update().clone();
+            current.retain(|addr, _| set.contains(addr));
+            for addr in set.iter() {
+                current
+                    .entry(*addr)
+                    .or_insert_with(|| connect(*addr, &origin));
+            }
+            channels.store(Arc::new(
+                current.iter().map(|(a, c)| (*a, c.clone())).collect(),
+            ));
+            if sets.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn request() -> HealthCheckRequest {
+        HealthCheckRequest {
+            service: String::new(),
+        }
+    }
+
+    impl GrpcSender {
+        pub async fn send(&self) -> Outcome {
+            let (result, sent_to) = match self {
+                GrpcSender::P2c(channel) => {
+                    let result = HealthClient::new(channel.clone()).check(request()).await;
+                    let served_by = result
+                        .as_ref()
+                        .ok()
+                        .and_then(|rsp| rsp.extensions().get::<ServedBy>())
+                        .map(|ServedBy(addr)| *addr);
+                    (result, served_by)
+                }
+                GrpcSender::Baseline {
+                    random,
+                    next,
+                    channels,
+                } => {
+                    let (addr, channel) = loop {
+                        let list = channels.load();
+                        if !list.is_empty() {
+                            let i = if *random {
+                                fastrand::usize(..list.len())
+                            } else {
+                                next.fetch_add(1, Ordering::Relaxed) % list.len()
+                            };
+                            break list[i].clone();
+                        }
+                        // The request timeout bounds this wait.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    };
+                    let result = HealthClient::new(channel).check(request()).await;
+                    (result, Some(addr))
+                }
+                GrpcSender::Direct { addr, channel } => {
+                    let result = HealthClient::new(channel.clone()).check(request()).await;
+                    (result, Some(*addr))
+                }
+            };
+            match result {
+                Ok(_) => Outcome {
+                    ok: true,
+                    endpoint: Some(sent_to.map_or_else(|| "unknown".to_owned(), |a| a.to_string())),
+                },
+                Err(status) => super::failed(&status),
+            }
+        }
+    }
 }

@@ -19,6 +19,10 @@ use tokio::process::Command;
 const NAME: &str = "web.default.svc.cluster.local";
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Taken by every loadgen run, so that concurrent tests' load does not skew
+/// each other's latencies (and so the balancer's picks) on a small machine.
+static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The path of an example binary built by this cargo invocation.
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -83,7 +87,10 @@ async fn loadgen(dns: &DnsServer, port: u16, extra: &[&str]) -> serde_json::Valu
     let ns = dns.addr().to_string();
     let mut args = vec![target.as_str(), "--nameserver", ns.as_str()];
     args.extend_from_slice(extra);
-    let out = run("loadgen", &args).await;
+    let out = {
+        let _load = LOAD.lock().await;
+        run("loadgen", &args).await
+    };
     assert_eq!(out.code, Some(0), "loadgen {args:?}: {}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stdout: {:?}", out.stdout);
@@ -222,6 +229,7 @@ async fn bad_arguments_exit_2_with_one_line() {
         ("loadgen", &["web:80", "--path", "no-slash"]),
         ("loadgen", &["web:80", "--timeout-ms", "x"]),
         ("loadgen", &["web:80", "--nameserver", "nope"]),
+        #[cfg(not(feature = "tonic"))]
         ("loadgen", &["web:80", "--protocol", "grpc"]),
         ("loadgen", &["web:80", "--unknown"]),
         ("echo_server", &[]),
@@ -240,12 +248,50 @@ async fn bad_arguments_exit_2_with_one_line() {
         let out = run(name, args).await;
         assert_usage_error(name, args, &out);
     }
-    let out = run("loadgen", &["web:80", "--protocol", "grpc"]).await;
-    assert!(
-        out.stderr.contains("grpc is not supported yet"),
-        "{:?}",
-        out.stderr
-    );
+    #[cfg(not(feature = "tonic"))]
+    {
+        let out = run("loadgen", &["web:80", "--protocol", "grpc"]).await;
+        assert!(out.stderr.contains("--features tonic"), "{:?}", out.stderr);
+    }
+}
+
+#[cfg(feature = "tonic")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_grpc_p2c_avoids_a_slow_pod() {
+    use headless_lb::testing::GrpcPod;
+
+    let ips: Vec<IpAddr> = (55..58u8).map(|i| [127, 0, 0, i].into()).collect();
+    let pods = GrpcPod::start_all(&ips).await.expect("gRPC pods start");
+    let port = pods[0].addr().port();
+    let dns = DnsServer::start().await.expect("DNS server starts");
+    dns.set_ips(NAME, &ips, 5);
+    let slow = pods[2].addr();
+    pods[2].set_delay(Duration::from_millis(40));
+
+    let report = loadgen(
+        &dns,
+        port,
+        &[
+            "--protocol",
+            "grpc",
+            "--requests",
+            "600",
+            "--concurrency",
+            "16",
+        ],
+    )
+    .await;
+    eprintln!("{report}");
+    assert_eq!(report["requests"], 600, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let seen = per_endpoint(&report);
+    let mut addrs: Vec<SocketAddr> = seen.iter().map(|(a, _)| *a).collect();
+    addrs.sort();
+    let pod_addrs: Vec<SocketAddr> = pods.iter().map(GrpcPod::addr).collect();
+    assert_eq!(addrs, pod_addrs, "every pod served: {report}");
+    assert_eq!(seen.iter().map(|(_, n)| n).sum::<u64>(), 600, "{report}");
+    let to_slow = seen.iter().find(|(a, _)| *a == slow).unwrap().1;
+    assert!(to_slow < 60, "the slow pod got {to_slow} of 600: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,6 +133,33 @@ async fn wait_ready(channel: &Channel, n: usize) {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_name_the_pod_that_served_them() {
+    let cluster = Cluster::start(&[98, 99]).await;
+    let channel = cluster.channel();
+    wait_ready(&channel, 2).await;
+    let pods: Vec<SocketAddr> = cluster.pods.iter().map(GrpcPod::addr).collect();
+    let mut client = HealthClient::new(channel.clone());
+    for _ in 0..20 {
+        let before = cluster.requests();
+        let reply = client.check(check_request()).await.unwrap();
+        let served_by = reply
+            .extensions()
+            .get::<headless_lb::http::ServedBy>()
+            .expect("ServedBy on every response")
+            .0;
+        let answered: Vec<SocketAddr> = cluster
+            .requests()
+            .iter()
+            .zip(&before)
+            .zip(&pods)
+            .filter(|((after, before), _)| after > before)
+            .map(|(_, addr)| *addr)
+            .collect();
+        assert_eq!(answered, vec![served_by]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spreads_rpcs_evenly_over_equal_pods() {
     let _load = LOAD.lock().await;

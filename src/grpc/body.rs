@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::status;
 use crate::balance::{Completion, PendingGuard};
+use crate::http::ServedBy;
 
 /// The body of a response from a [`Channel`](super::Channel): the message
 /// stream of one RPC.
@@ -33,7 +34,9 @@ pub struct ResponseBody {
 
 /// The [`Completion`] that moves an RPC's pending guard into its
 /// [`ResponseBody`], after counting a failure when the response head already
-/// says `UNAVAILABLE` (a trailers-only response, or HTTP 502/503/504).
+/// says `UNAVAILABLE` (a trailers-only response, or HTTP 502/503/504), and
+/// records the pod that served the RPC as a [`ServedBy`] response extension
+/// (tonic's generated clients pass it on in `tonic::Response::extensions()`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompleteOnStreamEnd;
 
@@ -106,7 +109,12 @@ impl fmt::Debug for ResponseBody {
 impl Completion<http::Response<Incoming>> for CompleteOnStreamEnd {
     type Output = http::Response<ResponseBody>;
 
-    fn complete(&self, response: http::Response<Incoming>, guard: PendingGuard) -> Self::Output {
+    fn complete(
+        &self,
+        mut response: http::Response<Incoming>,
+        guard: PendingGuard,
+    ) -> Self::Output {
+        response.extensions_mut().insert(ServedBy(guard.endpoint()));
         // tonic maps these HTTP statuses to UNAVAILABLE (a proxy or a server
         // that is shutting down); a trailers-only response carries the gRPC
         // status in its headers.
