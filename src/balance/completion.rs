@@ -83,6 +83,18 @@ impl PendingGuard {
     pub fn endpoint(&self) -> SocketAddr {
         self.endpoint.load().addr
     }
+
+    /// Counts the request as a failure of its endpoint in
+    /// [`EndpointStats::failures`](super::EndpointStats::failures), for what
+    /// only the [`Completion`] sees: an error status in the response (HTTP
+    /// 5xx, a gRPC status) or a response stream that broke off. Affects the
+    /// stats only, not the pick. Call it once per failed request.
+    pub fn record_failure(&self) {
+        self.endpoint
+            .load()
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for PendingGuard {
