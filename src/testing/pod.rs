@@ -1,6 +1,5 @@
 //! [`Pod`]: a real HTTP/1.1 + h2c server on a loopback address, with knobs for latency, errors, hangs and crashes.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -294,7 +293,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
 async fn answer(
     state: Arc<PodState>,
     req: Request<Incoming>,
-) -> Result<Response<PodBody>, Infallible> {
+) -> Result<Response<PodBody>, io::Error> {
     let _in_flight = InFlight::new(state.clone());
     let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
         req.headers()
@@ -317,8 +316,11 @@ async fn answer(
     tokio::select! {
         () = wait => {}
         _ = killed.changed() => {
-            // Nobody is left to read an answer.
-            return Ok(Response::new(whole(Bytes::new())));
+            // A dead process answers nothing: fail the request, which makes
+            // hyper drop it (HTTP/1.1: close the connection; HTTP/2: reset
+            // the stream) instead of sending an empty 200 that could reach
+            // the client if the write beats the connection's abort.
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "pod killed"));
         }
     }
 
