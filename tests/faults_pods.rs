@@ -399,9 +399,19 @@ async fn a_pod_resetting_mid_response_fails_only_its_requests(protocol: Protocol
         pods[0].requests(),
         "exactly the resetting pod's requests failed: {failed:?}"
     );
+    // Mostly in the body read; under load the reset can overtake the head
+    // (HTTP/2: RST_STREAM processed before HEADERS were handed over), and
+    // then the request itself fails, naming the resetting pod.
+    eprintln!(
+        "{protocol:?} reset: {} of {} failed in the body",
+        failed.iter().filter(|f| f.in_body).count(),
+        failed.len()
+    );
     assert!(
-        failed.iter().all(|f| f.in_body),
-        "they fail in the body: {failed:?}"
+        failed
+            .iter()
+            .all(|f| f.in_body || f.endpoint == Some(addrs[0])),
+        "they fail in the body or name the resetting pod: {failed:?}"
     );
     for (pod, addr) in pods.iter().zip(&addrs).skip(1) {
         assert_eq!(
