@@ -64,7 +64,13 @@ where
 
         endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
-        match service.call(request).await {
+        let abandoned = Abandoned {
+            endpoint: &endpoint,
+            sent_at,
+        };
+        let result = service.call(request).await;
+        std::mem::forget(abandoned);
+        match result {
             Ok(response) => {
                 let now = Instant::now();
                 endpoint
@@ -92,6 +98,28 @@ where
                 }
             }
         }
+    }
+}
+
+/// Armed while a request is in flight on an endpoint: if the request future
+/// is dropped there (the caller gave up, e.g. a client request timeout), the
+/// request counts as a failure of the endpoint, and the time it waited is
+/// folded into the RTT estimate as what it is, a lower bound of the real
+/// round trip. Without this a hung endpoint looks healthy and fast as soon
+/// as its timed-out requests stop counting as pending.
+struct Abandoned<'a, S> {
+    endpoint: &'a Endpoint<S>,
+    sent_at: Instant,
+}
+
+impl<S> Drop for Abandoned<'_, S> {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let load = &self.endpoint.load;
+        load.failures.fetch_add(1, Ordering::Relaxed);
+        load.rtt
+            .observe(now.saturating_duration_since(self.sent_at), now);
+        tracing::debug!(endpoint = %self.endpoint.addr, "request abandoned before its response");
     }
 }
 

@@ -44,7 +44,11 @@ pub struct EndpointStats {
     pub rtt: Duration,
     /// Requests dispatched to it so far.
     pub requests: u64,
-    /// Requests it failed so far (including failed `ready()` before a send).
+    /// Requests it failed so far: errors, failed `ready()` before a send,
+    /// requests abandoned before their response (a client request timeout),
+    /// and whatever the [`Completion`](super::Completion) records with
+    /// [`PendingGuard::record_failure`](super::PendingGuard::record_failure)
+    /// (the HTTP client: 5xx responses and bodies that broke off).
     pub failures: u64,
 }
 

@@ -39,6 +39,10 @@ pub struct ServedBy(pub SocketAddr);
 
 /// The [`Completion`] that moves the pending guard into the response [`Body`]
 /// and records [`ServedBy`].
+///
+/// It also counts, in the endpoint's
+/// [`failures`](crate::balance::EndpointStats::failures), responses with a
+/// 5xx status and bodies that fail before their end.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompleteOnBodyEnd;
 
@@ -65,6 +69,10 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(Err(_)), Some(guard)) = (&frame, &self.guard) {
+            // The response broke off (reset, connection lost): the request failed.
+            guard.record_failure();
+        }
         if frame.as_ref().is_none_or(|f| f.is_err()) || self.inner.is_end_stream() {
             self.guard = None;
         }
@@ -99,6 +107,10 @@ impl Completion<http::Response<Incoming>> for CompleteOnBodyEnd {
         guard: PendingGuard,
     ) -> Self::Output {
         response.extensions_mut().insert(ServedBy(guard.endpoint()));
+        // A 5xx is returned to the caller as it is, and counted in the stats.
+        if response.status().is_server_error() {
+            guard.record_failure();
+        }
         response.map(|inner| {
             // An empty body is over already: release the count at once.
             let guard = (!http_body::Body::is_end_stream(&inner)).then_some(guard);

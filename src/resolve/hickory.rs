@@ -26,11 +26,10 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::op::{Message, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 use super::{Resolution, Resolve, ResolveFuture};
 use crate::error::ResolveError;
@@ -412,14 +411,8 @@ impl Inner {
                 break;
             }
         }
-        let mut addresses = settle(host, outcomes)?;
-        addresses.retain(|(ip, _)| self.usable(host, *ip));
-        let ttl = addresses.iter().map(|(_, ttl)| *ttl).min().unwrap_or(0);
-        let endpoints = addresses
-            .into_iter()
-            .map(|(ip, _)| SocketAddr::new(ip, port))
-            .collect();
-        Ok((endpoints, ttl))
+        let addresses = settle(host, outcomes)?;
+        Ok(vet_addresses(addresses, port, |ip| self.usable(host, ip)))
     }
 
     /// SRV: the first candidate name with SRV records wins; addresses come
@@ -564,7 +557,7 @@ impl Inner {
                 max_endpoints = self.max_endpoints,
                 "DNS answer has more endpoints than max_endpoints; using the lowest addresses"
             );
-            endpoints = endpoints.into_iter().take(self.max_endpoints).collect();
+            endpoints = cap_endpoints(endpoints, self.max_endpoints);
         }
         endpoints
     }
@@ -601,7 +594,7 @@ async fn lookup_addresses(resolver: &TokioResolver, name: Name) -> Outcome<Vec<T
     let mut negative_ttl: Option<u32> = None;
     for result in [a, aaaa] {
         match result {
-            Ok(lookup) => addresses.extend(answer_addresses(&lookup)),
+            Ok(lookup) => addresses.extend(answer_addresses(lookup.answers())),
             Err(error) => match classify(error) {
                 Outcome::Empty(ttl) => negative_ttl = min_option(negative_ttl, ttl),
                 Outcome::Failed(failure) => return Outcome::Failed(failure),
@@ -659,16 +652,14 @@ async fn lookup_srv(resolver: &TokioResolver, name: Name) -> Outcome<SrvAnswer> 
 
 /// The A/AAAA addresses in a lookup's answer section, with their TTLs; a
 /// CNAME in the chain lowers the TTL of what it points to.
-fn answer_addresses(lookup: &Lookup) -> Vec<TtlAddr> {
-    let chain_ttl = lookup
-        .answers()
+fn answer_addresses(answers: &[Record]) -> Vec<TtlAddr> {
+    let chain_ttl = answers
         .iter()
         .filter(|r| r.record_type() == RecordType::CNAME)
         .map(|r| r.ttl)
         .min()
         .unwrap_or(u32::MAX);
-    lookup
-        .answers()
+    answers
         .iter()
         .filter_map(|record| {
             let ip = match &record.data {
@@ -679,6 +670,46 @@ fn answer_addresses(lookup: &Lookup) -> Vec<TtlAddr> {
             Some((ip, record.ttl.min(chain_ttl)))
         })
         .collect()
+}
+
+/// The usable addresses as endpoints on `port`, and the shortest TTL among
+/// their records (0 when none is usable).
+fn vet_addresses(
+    mut addresses: Vec<TtlAddr>,
+    port: u16,
+    mut usable: impl FnMut(IpAddr) -> bool,
+) -> (BTreeSet<SocketAddr>, u32) {
+    addresses.retain(|(ip, _)| usable(*ip));
+    let ttl = addresses.iter().map(|(_, ttl)| *ttl).min().unwrap_or(0);
+    let endpoints = addresses
+        .into_iter()
+        .map(|(ip, _)| SocketAddr::new(ip, port))
+        .collect();
+    (endpoints, ttl)
+}
+
+/// At most `max` endpoints, the lowest addresses, so that the cut is stable.
+fn cap_endpoints(endpoints: BTreeSet<SocketAddr>, max: usize) -> BTreeSet<SocketAddr> {
+    endpoints.into_iter().take(max).collect()
+}
+
+/// What one A/AAAA answer message turns into for a `host:port` target: the
+/// resolver's own conversion (addresses and CNAME TTLs from the answer
+/// section, unusable addresses dropped, the shortest TTL, the cap), from raw
+/// bytes. `None` if the bytes are not a DNS message. For fuzzing only.
+#[doc(hidden)]
+pub fn endpoints_from_answer_message(
+    bytes: &[u8],
+    port: u16,
+    allow_link_local: bool,
+    max_endpoints: usize,
+) -> Option<(BTreeSet<SocketAddr>, u32)> {
+    let message = Message::from_vec(bytes).ok()?;
+    let addresses = answer_addresses(&message.answers);
+    let (endpoints, ttl) = vet_addresses(addresses, port, |ip| {
+        rejection(ip, allow_link_local).is_none()
+    });
+    Some((cap_endpoints(endpoints, max_endpoints.max(1)), ttl))
 }
 
 /// Sorts a hickory error into no-records or a transient failure.

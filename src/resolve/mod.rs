@@ -16,6 +16,8 @@ use crate::target::Target;
 
 mod hickory;
 
+#[doc(hidden)]
+pub use self::hickory::endpoints_from_answer_message;
 pub use self::hickory::{HickoryResolver, HickoryResolverBuilder, ResolverConfigError};
 
 /// The outcome of one successful lookup.

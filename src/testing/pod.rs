@@ -1,15 +1,16 @@
 //! [`Pod`]: a real HTTP/1.1 + h2c server on a loopback address, with knobs for latency, errors, hangs and crashes.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,6 +18,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+
+/// How long a pod in [`Pod::set_reset`] mode waits between the first half
+/// of a body and the abort, so that the head and that half reach the client.
+const RESET_AFTER: Duration = Duration::from_millis(20);
+
+/// A pod's response body: whole, or cut off by [`Pod::set_reset`].
+type PodBody = BoxBody<Bytes, io::Error>;
 
 /// The response header carrying the authority a pod saw (`Host` for
 /// HTTP/1.1, `:authority` for HTTP/2).
@@ -58,6 +66,7 @@ struct PodState {
     delay: Mutex<Duration>,
     status: AtomicU16,
     hang: watch::Sender<bool>,
+    reset: AtomicBool,
     /// Bumped by every `kill`, to end requests that outlive their
     /// connection (HTTP/2 runs each request in a task of its own).
     kills: watch::Sender<u64>,
@@ -114,6 +123,7 @@ impl Pod {
             delay: Mutex::new(Duration::ZERO),
             status: AtomicU16::new(StatusCode::OK.as_u16()),
             hang: watch::Sender::new(false),
+            reset: AtomicBool::new(false),
             kills: watch::Sender::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -150,6 +160,15 @@ impl Pod {
     /// held requests proceed. Default: off.
     pub fn set_hang(&self, hang: bool) {
         self.state.hang.send_replace(hang);
+    }
+
+    /// While on, each response is cut off mid-body: the head and the first
+    /// half of the body are sent, then the response fails (HTTP/1.1: the
+    /// connection is closed without the end of the chunked body; HTTP/2: the
+    /// stream is reset). The client sees a response whose body read fails.
+    /// Such requests count in [`requests`](Self::requests). Default: off.
+    pub fn set_reset(&self, reset: bool) {
+        self.state.reset.store(reset, Ordering::Relaxed);
     }
 
     /// Requests answered so far (any status).
@@ -277,7 +296,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
 async fn answer(
     state: Arc<PodState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<PodBody>, io::Error> {
     let _in_flight = InFlight::new(state.clone());
     let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
         req.headers()
@@ -300,20 +319,47 @@ async fn answer(
     tokio::select! {
         () = wait => {}
         _ = killed.changed() => {
-            // Nobody is left to read an answer.
-            return Ok(Response::new(Full::new(Bytes::new())));
+            // A dead process answers nothing: fail the request, which makes
+            // hyper drop it (HTTP/1.1: close the connection; HTTP/2: reset
+            // the stream) instead of sending an empty 200 that could reach
+            // the client if the write beats the connection's abort.
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "pod killed"));
         }
     }
 
     let status = StatusCode::from_u16(state.status.load(Ordering::Relaxed))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = Response::new(Full::new(state.body.clone()));
+    let body = if state.reset.load(Ordering::Relaxed) {
+        cut_off(state.body.clone())
+    } else {
+        whole(state.body.clone())
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
         response.headers_mut().insert(AUTHORITY_HEADER, value);
     }
     state.requests.fetch_add(1, Ordering::Relaxed);
     Ok(response)
+}
+
+fn whole(bytes: Bytes) -> PodBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// The first half of `bytes`, then (after [`RESET_AFTER`]) an error, which
+/// makes hyper abort the response.
+fn cut_off(bytes: Bytes) -> PodBody {
+    let half = bytes.slice(..bytes.len() / 2);
+    let first = futures::stream::iter([Ok(Frame::data(half))]);
+    let abort = futures::stream::once(async {
+        tokio::time::sleep(RESET_AFTER).await;
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "pod reset mid-response",
+        ))
+    });
+    BodyExt::boxed(StreamBody::new(futures::StreamExt::chain(first, abort)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
