@@ -81,28 +81,7 @@ impl GrpcPod {
     /// Starts one pod on each of `ips`, all on the same port (picked free on
     /// the first IP; the set is retried a few times if another IP has it taken).
     pub async fn start_all(ips: &[IpAddr]) -> io::Result<Vec<GrpcPod>> {
-        let Some((first, rest)) = ips.split_first() else {
-            return Ok(Vec::new());
-        };
-        let mut last_err = None;
-        for _ in 0..8 {
-            let lead = GrpcPod::start(SocketAddr::new(*first, 0)).await?;
-            let port = lead.addr().port();
-            let mut pods = vec![lead];
-            for ip in rest {
-                match GrpcPod::start(SocketAddr::new(*ip, port)).await {
-                    Ok(pod) => pods.push(pod),
-                    Err(e) => {
-                        last_err = Some(e);
-                        break;
-                    }
-                }
-            }
-            if pods.len() == ips.len() {
-                return Ok(pods);
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
+        super::pod::start_on_one_port(ips, GrpcPod::start, GrpcPod::addr).await
     }
 
     /// Binds `addr` (port 0 picks a free port) and starts serving.

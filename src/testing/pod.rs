@@ -89,28 +89,7 @@ impl Pod {
     /// a Kubernetes service are: the port is picked free on the first IP and
     /// the whole set is retried (a few times) if another IP has it taken.
     pub async fn start_all(ips: &[std::net::IpAddr]) -> io::Result<Vec<Pod>> {
-        let Some((first, rest)) = ips.split_first() else {
-            return Ok(Vec::new());
-        };
-        let mut last_err = None;
-        for _ in 0..8 {
-            let lead = Pod::start(SocketAddr::new(*first, 0)).await?;
-            let port = lead.addr().port();
-            let mut pods = vec![lead];
-            for ip in rest {
-                match Pod::start(SocketAddr::new(*ip, port)).await {
-                    Ok(pod) => pods.push(pod),
-                    Err(e) => {
-                        last_err = Some(e);
-                        break;
-                    }
-                }
-            }
-            if pods.len() == ips.len() {
-                return Ok(pods);
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
+        start_on_one_port(ips, Pod::start, Pod::addr).await
     }
 
     /// Binds `addr` (port 0 picks a free port) and starts serving.
@@ -364,4 +343,40 @@ fn cut_off(bytes: Bytes) -> PodBody {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts one server per IP, all on the same port, as the pods of a
+/// Kubernetes service are: the port is picked free on the first IP and the
+/// whole set is retried (a few times) if another IP has it taken.
+pub(crate) async fn start_on_one_port<P, F, Fut>(
+    ips: &[std::net::IpAddr],
+    start: F,
+    addr_of: fn(&P) -> SocketAddr,
+) -> io::Result<Vec<P>>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = io::Result<P>>,
+{
+    let Some((first, rest)) = ips.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut last_err = None;
+    for _ in 0..8 {
+        let lead = start(SocketAddr::new(*first, 0)).await?;
+        let port = addr_of(&lead).port();
+        let mut pods = vec![lead];
+        for ip in rest {
+            match start(SocketAddr::new(*ip, port)).await {
+                Ok(pod) => pods.push(pod),
+                Err(e) => {
+                    last_err = Some(e);
+                    break;
+                }
+            }
+        }
+        if pods.len() == ips.len() {
+            return Ok(pods);
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
 }
