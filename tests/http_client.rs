@@ -353,8 +353,19 @@ async fn equal_pods_share_evenly(protocol: Protocol, net: u8) {
 
 both_protocols!(slow_pod_is_avoided, 12);
 
-/// One pod 50 ms slower, 2 000 requests at concurrency 16: it gets < 10 % of
-/// them. The p99 half of the contract is in [`slow_pod_keeps_p99`].
+/// One pod 50 ms slower, 2 000 requests at concurrency 16: it gets < 10 %
+/// of them, and the client's p99 stays within 2× the fast pods' p99.
+///
+/// The p99 half needs the slow pod to get under 1 % of the requests. Before
+/// the first response no balancer knows which pod is slow, so the first 16
+/// requests spread evenly and 4 land on it; the measured run follows a
+/// 200-request warm-up so that the check is on the steady state ("stays").
+/// Figures on this 2-core machine: on an idle machine the slow pod gets 0-2
+/// of 2 000 measured requests; with another build running beside the test
+/// (fast pods' p99 11-17 ms) it gets ~0.6 %: the fast pods' estimates rise
+/// to ~9 ms, and 9 ms × (5 pending + 1) outweighs the idle slow pod's 50 ms.
+/// Until the first response replaced the 30 ms prior, fast pods kept a
+/// ~29 ms estimate throughout and the slow pod got 1.3 %.
 async fn slow_pod_is_avoided(protocol: Protocol, net: u8) {
     let (share, p99_all, p99_fast) = slow_pod_run(protocol, net).await;
     assert!(
@@ -362,36 +373,10 @@ async fn slow_pod_is_avoided(protocol: Protocol, net: u8) {
         "the slow pod got {:.1} % of requests",
         share * 100.0
     );
-    let _ = (p99_all, p99_fast);
-}
-
-/// The client's p99 with one pod 50 ms slower stays within 2× the fast
-/// pods' p99.
-///
-/// Ignored by default: it does not hold on a loaded 2-core machine. There the
-/// fast pods answer in ~10 ms on average with a p99 of ~25-45 ms (the load
-/// generator, the client and the pods share the CPU with everything else), so
-/// their peak-EWMA estimates sit at about half the slow pod's (~60-70 ms),
-/// and P2C, weighing RTT × (pending + 1) with ~5 requests pending per fast
-/// pod, keeps about one request on the slow pod: 2.5-6 % of the traffic,
-/// which puts the overall p99 on the slow pod's latency (measured with the
-/// scenario running alone: p99 64-72 ms against 26-34 ms for HTTP/1.1,
-/// 78-90 ms against 44-68 ms for HTTP/2).
-/// Measured on an idle 2-core machine: fast pods' p99 3-7 ms, the slow pod
-/// gets 19-23 of 2 000 requests (about 1 %), so the overall p99 is the slow
-/// pod's ~52 ms. A 1 ms `default_rtt` did not change that. Where the residual
-/// traffic comes from (idle decay of the slow pod's estimate, the start-up
-/// transient) is still to be found; run with `--ignored` to check a fix.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: the slow pod still gets ~1 % of 2 000 requests (19-23 measured on an idle machine), which puts the overall p99 on it"]
-async fn slow_pod_keeps_p99() {
-    for (protocol, net) in [(Protocol::Http1, 30), (Protocol::Http2, 31)] {
-        let (_, p99_all, p99_fast) = slow_pod_run(protocol, net).await;
-        assert!(
-            p99_all <= p99_fast * 2,
-            "{protocol:?}: p99 {p99_all:?} is more than 2× the fast pods' p99 {p99_fast:?}"
-        );
-    }
+    assert!(
+        p99_all <= p99_fast * 2,
+        "p99 {p99_all:?} is more than 2× the fast pods' p99 {p99_fast:?}"
+    );
 }
 
 /// Runs the slow-pod scenario; returns the slow pod's share of requests, the
@@ -407,6 +392,8 @@ async fn slow_pod_run(protocol: Protocol, net: u8) -> (f64, Duration, Duration) 
     let client = client(&dns, port, protocol);
     wait_ready(&client, &refs, Duration::from_secs(5)).await;
 
+    let warm_up = Load::start(&client, 16, Some(200)).join().await;
+    assert!(failures(&warm_up).is_empty(), "{:?}", failures(&warm_up));
     let outcomes = Load::start(&client, 16, Some(2_000)).join().await;
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
 

@@ -158,13 +158,29 @@ impl<S> Endpoint<S> {
         moved
     }
 
-    /// P2C's cost: RTT estimate × (pending + 1).
+    /// P2C's costs of two endpoints: RTT estimate × (pending + 1).
     ///
-    /// One nanosecond is added to the estimate so that pending requests still
-    /// count when the measured RTT is zero (a paused clock, an in-process service).
-    pub(crate) fn cost(&self, now: Instant) -> f64 {
-        let pending = self.load.pending.load(Ordering::Relaxed) as f64;
-        (self.load.rtt.estimate_ns(now) + 1.0) * (pending + 1.0)
+    /// An endpoint with no response yet is taken to be as fast as the one it
+    /// is compared with, so that pending requests alone decide: a new or
+    /// never-picked pod gets its share until its first response says what it
+    /// is worth. (Its prior, the peers' median or `default_rtt`, is a guess
+    /// that goes stale: against peers measured at 1 ms, a 30 ms prior would
+    /// keep a healthy pod unpicked until it decayed, for half a minute.)
+    ///
+    /// One nanosecond is added to the estimates so that pending requests
+    /// still count when the measured RTT is zero (a paused clock, an
+    /// in-process service).
+    pub(crate) fn costs(a: &Self, b: &Self, now: Instant) -> (f64, f64) {
+        let (rtt_a, rtt_b) = match (a.load.rtt.measured_ns(now), b.load.rtt.measured_ns(now)) {
+            (Some(ra), Some(rb)) => (ra, rb),
+            (Some(r), None) | (None, Some(r)) => (r, r),
+            (None, None) => (a.load.rtt.estimate_ns(now), b.load.rtt.estimate_ns(now)),
+        };
+        let cost = |e: &Self, rtt: f64| {
+            let pending = e.load.pending.load(Ordering::Relaxed) as f64;
+            (rtt + 1.0) * (pending + 1.0)
+        };
+        (cost(a, rtt_a), cost(b, rtt_b))
     }
 
     pub(crate) fn stats(&self, now: Instant) -> EndpointStats {

@@ -40,9 +40,14 @@
 //!    drops: with the response by default ([`CompleteOnResponse`]), or when a
 //!    response stream ends with a custom [`Completion`].
 //!
-//! A new endpoint starts from the median RTT estimate of the Ready endpoints
-//! (the default RTT only when it is the first): a fixed default against peers
-//! whose estimates have moved makes a new pod flooded or starved.
+//! An endpoint's estimate is evidence, not a guess: until its first response
+//! P2C compares it by pending requests alone (as fast as the endpoint it is
+//! paired with), and the first RTT replaces the starting value outright. The
+//! starting value (shown in stats) is the median estimate of the Ready
+//! endpoints, or the default RTT for the first. A lower RTT moves the
+//! estimate down by at least a tenth of the gap, so that a busy endpoint
+//! forgets a one-off peak within a few dozen responses rather than after
+//! seconds of the decay period.
 //!
 //! Needs a tokio runtime: [`Builder::build`] spawns the background task.
 

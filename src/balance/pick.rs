@@ -52,7 +52,7 @@ pub(crate) fn p2c<S>(
                 match (ok(ea), ok(eb)) {
                     (true, true) => {
                         let now = Instant::now();
-                        let (ca, cb) = (ea.cost(now), eb.cost(now));
+                        let (ca, cb) = Endpoint::costs(ea, eb, now);
                         let chosen = if ca <= cb { ea } else { eb };
                         tracing::trace!(
                             a.endpoint = %ea.addr,
