@@ -8,7 +8,6 @@
 //! first.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,32 +15,15 @@ use headless_lb::testing::{DnsServer, Pod};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+mod examples_support;
+use examples_support::example;
+
 const NAME: &str = "web.default.svc.cluster.local";
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Taken by every loadgen run, so that concurrent tests' load does not skew
 /// each other's latencies (and so the balancer's picks) on a small machine.
 static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The path of an example binary built by this cargo invocation.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/examples_cli-HASH → target/<profile>/examples/NAME
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "example binary {} is missing: `cargo test` builds it; with a --test filter run \
-         `cargo build --examples` first",
-        path.display()
-    );
-    path
-}
 
 /// A DNS server naming `n` pods on one port, from 127.0.0.`first` on.
 async fn cluster(first: u8, n: u8) -> (DnsServer, Vec<Pod>, u16) {
