@@ -105,8 +105,9 @@ where
 /// is dropped there (the caller gave up, e.g. a client request timeout), the
 /// request counts as a failure of the endpoint, and the time it waited is
 /// folded into the RTT estimate as what it is, a lower bound of the real
-/// round trip. Without this a hung endpoint looks healthy and fast as soon
-/// as its timed-out requests stop counting as pending.
+/// round trip: it can raise the estimate, never lower it. Without this a
+/// hung endpoint looks healthy and fast as soon as its timed-out requests
+/// stop counting as pending.
 struct Abandoned<'a, S> {
     endpoint: &'a Endpoint<S>,
     sent_at: Instant,
@@ -118,7 +119,7 @@ impl<S> Drop for Abandoned<'_, S> {
         let load = &self.endpoint.load;
         load.failures.fetch_add(1, Ordering::Relaxed);
         load.rtt
-            .observe(now.saturating_duration_since(self.sent_at), now);
+            .observe_at_least(now.saturating_duration_since(self.sent_at), now);
         tracing::debug!(endpoint = %self.endpoint.addr, "request abandoned before its response");
     }
 }

@@ -91,13 +91,27 @@ impl PeakEwma {
 
     /// Folds one observed round-trip time into the estimate.
     pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
+        self.fold(rtt, now, false);
+    }
+
+    /// Folds in a lower bound of a round-trip time (a request abandoned
+    /// before its response): it can raise the estimate, as a peak, but never
+    /// lower it, and a bound below the estimate is no measurement.
+    pub(crate) fn observe_at_least(&self, bound: Duration, now: Instant) {
+        self.fold(bound, now, true);
+    }
+
+    fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
         let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
         let prior = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
         let now_ns = self.since_epoch(now);
         let rtt = nanos(rtt);
         let first = !self.measured.load(Ordering::Relaxed);
-        let next = if first || rtt > prior {
+        let current = prior * (-(now_ns.saturating_sub(stamp) as f64) / self.decay_ns).exp();
+        let next = if lower_bound && rtt <= current {
+            return;
+        } else if first || rtt > prior || lower_bound {
             rtt
         } else {
             let elapsed = now_ns.saturating_sub(stamp) as f64;
@@ -179,6 +193,18 @@ mod tests {
         }
         let got = ewma.estimate_ns(Instant::now());
         assert!(got > 49.0 * MS, "{got}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_lower_bound_only_ever_raises_the_estimate() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe_at_least(Duration::from_micros(50), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), None, "no measurement");
+        ewma.observe(Duration::from_millis(5), Instant::now());
+        ewma.observe_at_least(Duration::from_millis(1), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), Some(5.0 * MS));
+        ewma.observe_at_least(Duration::from_millis(80), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), Some(80.0 * MS));
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
