@@ -147,3 +147,41 @@ async fn when_every_endpoint_backs_off_requests_go_to_them_anyway() {
     assert!(pods.iter().any(|p| p.addr() == served));
     assert!(lb.stats().iter().all(|s| s.state == EndpointState::Backoff));
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_that_reconnects_after_backoff_starts_afresh_and_gets_its_share() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
+    let sick = &pods[0];
+    // It is measured slow (3 s) first...
+    sick.set_latency(3000 * MS);
+    insert(&tx, sick);
+    settle().await;
+    lb.clone().oneshot(0).await.unwrap();
+    assert!(stats_of(&lb, sick).rtt >= 2900 * MS);
+    // ...then fails: the first request it gets is not sent, and it stays in
+    // backoff while it refuses connections.
+    sick.set_mode(Mode::NotSent);
+    sick.refuse(true);
+    pods[1..].iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    drive(&lb, 4, 50).await;
+    assert_eq!(state_of(&lb, sick), EndpointState::Backoff);
+
+    // It comes back as a healthy, fast pod (a restarted process).
+    sick.set_mode(Mode::Ok);
+    sick.set_latency(10 * MS);
+    sick.refuse(false);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(state_of(&lb, sick), EndpointState::Ready);
+    // Its 3 s from before is forgotten: it gets its share at once, where the
+    // old estimate (still over 1 s after 10 s of decay) would starve it.
+    let before = sick.calls();
+    drive(&lb, 8, 25).await;
+    let share = (sick.calls() - before) as f64 / 200.0;
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "the recovered pod took {:.1} %",
+        share * 100.0
+    );
+}

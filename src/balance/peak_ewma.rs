@@ -101,6 +101,15 @@ impl PeakEwma {
         self.fold(bound, now, true);
     }
 
+    /// Forgets every observation: the estimate is `prior` again, unmeasured.
+    pub(crate) fn reset(&self, prior: Duration, now: Instant) {
+        let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
+        self.rtt_ns.store(nanos(prior).to_bits(), Ordering::Relaxed);
+        self.stamp_ns
+            .store(self.since_epoch(now), Ordering::Relaxed);
+        self.measured.store(false, Ordering::Relaxed);
+    }
+
     fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
         let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
         let prior = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
@@ -205,6 +214,17 @@ mod tests {
         assert_eq!(ewma.measured_ns(Instant::now()), Some(5.0 * MS));
         ewma.observe_at_least(Duration::from_millis(80), Instant::now());
         assert_eq!(ewma.measured_ns(Instant::now()), Some(80.0 * MS));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_reset_forgets_the_observations() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe(Duration::from_secs(5), Instant::now());
+        ewma.reset(Duration::from_millis(2), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), None);
+        assert_eq!(ewma.estimate_ns(Instant::now()), 2.0 * MS);
+        ewma.observe(Duration::from_millis(3), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), Some(3.0 * MS));
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

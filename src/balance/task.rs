@@ -210,6 +210,13 @@ where
         };
         let next = match outcome {
             Outcome::Connected => {
+                if endpoint.state() == EndpointState::Backoff {
+                    // What it measured before it failed says nothing about
+                    // the pod it is now (often a restarted process): start
+                    // afresh, as a new endpoint does.
+                    let prior = self.typical_rtt();
+                    endpoint.load.rtt.reset(prior, Instant::now());
+                }
                 endpoint.set_state(EndpointState::Ready);
                 watch(endpoint)
             }
