@@ -16,10 +16,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 mod examples_support;
-use examples_support::example;
+use examples_support::{Output, example, finish, json_line, spawn};
 
 const NAME: &str = "web.default.svc.cluster.local";
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Taken by every loadgen run, so that concurrent tests' load does not skew
 /// each other's latencies (and so the balancer's picks) on a small machine.
@@ -35,32 +34,9 @@ async fn cluster(first: u8, n: u8) -> (DnsServer, Vec<Pod>, u16) {
     (dns, pods, port)
 }
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs an example to completion (the test's runtime keeps serving DNS and pods meanwhile).
 async fn run(name: &str, args: &[&str]) -> Output {
-    let child = Command::new(example(name))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{name} {args:?} did not finish within {RUN_TIMEOUT:?}"))
-        .expect("the example's output");
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    finish(name, spawn(name, args)).await
 }
 
 /// Runs loadgen against the cluster and returns its JSON report.
@@ -73,10 +49,7 @@ async fn loadgen(dns: &DnsServer, port: u16, extra: &[&str]) -> serde_json::Valu
         let _load = LOAD.lock().await;
         run("loadgen", &args).await
     };
-    assert_eq!(out.code, Some(0), "loadgen {args:?}: {}", out.stderr);
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stdout: {:?}", out.stdout);
-    let report: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    let report = json_line("loadgen", &out);
     for field in ["requests", "errors"] {
         assert!(report[field].is_u64(), "{field} in {report}");
     }

@@ -23,7 +23,7 @@ use headless_lb::{Discovery, Resolve, Target};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 mod examples_support;
-use examples_support::example;
+use examples_support::{example, finish, json_line, spawn};
 
 const NAME: &str = "web.default.svc.cluster.local";
 const SRV_NAME: &str = "_http._tcp.web.default.svc.cluster.local";
@@ -599,35 +599,6 @@ fn free_port_on(ips: &[IpAddr]) -> u16 {
     }
 }
 
-/// Starts `loadgen` with `args`, returns the child with its stdout piped.
-fn spawn_loadgen(args: &[String]) -> tokio::process::Child {
-    tokio::process::Command::new(example("loadgen"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn loadgen")
-}
-
-/// Waits for loadgen to exit 0 and parses its one JSON line.
-async fn loadgen_report(child: tokio::process::Child) -> serde_json::Value {
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("loadgen finishes within 60 s")
-        .expect("loadgen output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("loadgen JSON {stdout:?}: {e}"))
-}
-
 fn served(report: &serde_json::Value, addr: SocketAddr) -> u64 {
     report["per_endpoint"][addr.to_string()]
         .as_u64()
@@ -671,13 +642,11 @@ async fn loadgen_and_echo_servers_behind_knot_slow_pod_and_replacement() {
     };
 
     // A pod 40 ms slower.
-    let report = loadgen_report(spawn_loadgen(&common(&[
-        "--requests",
-        "2000",
-        "--concurrency",
-        "16",
-    ])))
-    .await;
+    let run = spawn(
+        "loadgen",
+        &common(&["--requests", "2000", "--concurrency", "16"]),
+    );
+    let report = json_line("loadgen", &finish("loadgen", run).await);
     eprintln!("slow pod: {report}");
     assert_eq!(report["requests"], 2000, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
@@ -695,7 +664,10 @@ async fn loadgen_and_echo_servers_behind_knot_slow_pod_and_replacement() {
 
     // Replace pod 61 by pod 65 under load.
     let fresh = EchoServer::start(addr(65), &[]).await;
-    let mut run = spawn_loadgen(&common(&["--duration", "6", "--concurrency", "16"]));
+    let mut run = spawn(
+        "loadgen",
+        &common(&["--duration", "6", "--concurrency", "16"]),
+    );
     let mut progress = BufReader::new(run.stderr.take().expect("loadgen stderr")).lines();
     let first = tokio::time::timeout(Duration::from_secs(10), progress.next_line())
         .await
@@ -710,7 +682,7 @@ async fn loadgen_and_echo_servers_behind_knot_slow_pod_and_replacement() {
     // The replacement's contract: the old pod goes TTL + 1 s after DNS dropped it.
     tokio::time::sleep(Duration::from_secs(u64::from(TTL_SECS) + 1)).await;
     pods.remove(0).kill().await;
-    let report = loadgen_report(run).await;
+    let report = json_line("loadgen", &finish("loadgen", run).await);
     eprintln!("replacement: {report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert!(

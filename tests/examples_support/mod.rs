@@ -1,6 +1,14 @@
 //! Finding and running the example binaries from integration tests.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// How long an example run may take before the test fails.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The path of an example binary built by this cargo invocation.
 ///
@@ -24,4 +32,45 @@ pub fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Starts an example with stdout and stderr piped; killed on drop.
+pub fn spawn<S: AsRef<OsStr>>(name: &str, args: &[S]) -> Child {
+    Command::new(example(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// What an example run left.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Waits, at most [`RUN_TIMEOUT`], for a spawned example to exit.
+pub async fn finish(name: &str, child: Child) -> Output {
+    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not finish within {RUN_TIMEOUT:?}"))
+        .expect("the example's output");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The one JSON line of a run that exited 0 (`loadgen`'s report).
+pub fn json_line(name: &str, out: &Output) -> serde_json::Value {
+    assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stdout: {:?}", out.stdout);
+    serde_json::from_str(lines[0]).expect("stdout is JSON")
 }
