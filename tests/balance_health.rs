@@ -159,10 +159,12 @@ async fn a_pod_that_reconnects_after_backoff_starts_afresh_and_gets_its_share() 
     settle().await;
     lb.clone().oneshot(0).await.unwrap();
     assert!(stats_of(&lb, sick).rtt >= 2900 * MS);
-    // ...then fails: the first request it gets is not sent, and it stays in
-    // backoff while it refuses connections.
+    // ...then fails (the next request is not sent), and stays in backoff
+    // while it refuses connections, as the other pods take the load.
     sick.set_mode(Mode::NotSent);
     sick.refuse(true);
+    lb.clone().oneshot(1).await.unwrap_err();
+    assert_eq!(state_of(&lb, sick), EndpointState::Backoff);
     pods[1..].iter().for_each(|p| insert(&tx, p));
     settle().await;
     drive(&lb, 4, 50).await;
@@ -184,4 +186,55 @@ async fn a_pod_that_reconnects_after_backoff_starts_afresh_and_gets_its_share() 
         "the recovered pod took {:.1} %",
         share * 100.0
     );
+}
+
+/// Sends `n` requests one after another; returns how many failed.
+async fn serial_failures(lb: &Lb, n: u32) -> usize {
+    let mut failed = 0;
+    for i in 0..n {
+        if lb.clone().oneshot(i).await.is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_failing_every_request_is_taken_out_after_five_and_back_after_one_success() {
+    let (lb, _tx, pods) = four_pods().await;
+    let bad = &pods[0];
+    bad.set_mode(Mode::Fail);
+
+    // 400 requests over ~0.4 s: five failures in a row take it out, then
+    // each probe after a growing backoff (100 ms, 200 ms, …) fails once more.
+    let failed = serial_failures(&lb, 400).await;
+    assert!((5..=10).contains(&failed), "{failed} failed");
+    assert_eq!(bad.calls(), failed);
+    assert_eq!(stats_of(&lb, bad).failures, failed as u64);
+
+    // Recovered: the next probe succeeds and it is back at its share.
+    bad.set_mode(Mode::Ok);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(state_of(&lb, bad), EndpointState::Ready);
+    let before = bad.calls();
+    drive(&lb, 4, 50).await;
+    let share = (bad.calls() - before) as f64 / 200.0;
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "the recovered pod took {:.1} %",
+        share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn failure_accrual_zero_keeps_a_failing_pod_in_picks() {
+    let (lb, tx) = balancer(Balancer::builder().failure_accrual(0));
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    pods[0].set_mode(Mode::Fail);
+
+    let failed = serial_failures(&lb, 400).await;
+    assert!(failed > 60, "only {failed} failed");
+    assert_eq!(state_of(&lb, &pods[0]), EndpointState::Ready);
 }

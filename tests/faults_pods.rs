@@ -335,7 +335,10 @@ async fn a_hung_pod_times_out_and_is_avoided(protocol: Protocol, net: u8) {
 /// One of three pods answers 503 to everything; 900 requests at concurrency
 /// 6. The 503s are returned, not retried (the pod answered exactly as many
 /// requests as the client got 503s, and as many as the balancer sent it),
-/// and they count as the pod's failures in the stats.
+/// and they count as the pod's failures in the stats. After 5 of them in a
+/// row (failure accrual) the pod is out of picks for a growing backoff: it
+/// answers a few percent of the requests, where its fast 503s used to win
+/// it a third of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_answering_503_is_returned_not_retried_and_counted() {
     let net = 113;
@@ -359,7 +362,11 @@ async fn a_pod_answering_503_is_returned_not_retried_and_counted() {
         .copied()
         .unwrap_or(0);
     assert_eq!(unavailable, from_503_pod, "only the 503 pod answers 503");
-    assert!(unavailable > 0);
+    assert!(unavailable >= 5, "{unavailable}");
+    assert!(
+        unavailable < 45,
+        "the 503 pod answered {unavailable} of 900 requests"
+    );
     assert_eq!(pods[0].requests(), unavailable, "no retries");
     let s = stats_of(&client, addrs[0]);
     assert_eq!(s.requests, unavailable, "{s:?}");

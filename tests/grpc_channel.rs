@@ -216,6 +216,37 @@ async fn avoids_a_pod_50ms_slower() {
     );
 }
 
+/// A pod answering UNAVAILABLE to every RPC answers fast, so on RTT alone it
+/// would look like the best pod; after 5 failures in a row it is out of
+/// picks for a growing backoff, and gets a few percent of 900 RPCs instead
+/// of a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_answering_unavailable_to_everything_is_taken_out_of_picks() {
+    let _load = LOAD.lock().await;
+    let cluster = Cluster::start(&[116, 117, 118]).await;
+    let channel = cluster.channel();
+    wait_ready(&channel, 3).await;
+    cluster.pods[0].set_status(Some(Code::Unavailable));
+
+    let errors = drive(&channel, 900, 6).await;
+    let counts = cluster.requests();
+    eprintln!(
+        "RPCs per pod, failing one first: {counts:?}; errors {}",
+        errors.len()
+    );
+    assert!(errors.iter().all(|c| *c == Code::Unavailable), "{errors:?}");
+    assert_eq!(
+        errors.len() as u64,
+        counts[0],
+        "exactly its RPCs failed, none retried"
+    );
+    assert!(
+        (5..45).contains(&counts[0]),
+        "the failing pod answered {} of 900: {counts:?}",
+        counts[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_pod_fails_only_its_rpcs_in_flight_and_rejoins_after_restart() {
     let _load = LOAD.lock().await;

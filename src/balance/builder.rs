@@ -21,6 +21,8 @@ pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest reconnect delay [10 s].
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Failed requests in a row that take an endpoint out of picks \[5\].
+pub const DEFAULT_FAILURE_ACCRUAL: u32 = 5;
 /// How many more endpoints a request that was never sent is tried on \[2\].
 pub const DEFAULT_MAX_RETRIES: usize = 2;
 /// The shortest interval between two warnings about the same endpoint or
@@ -61,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) max_retries: usize,
+    pub(crate) failure_accrual: u32,
     pub(crate) warn_interval: Duration,
     pub(crate) last_error_source: Option<LastErrorSource>,
 }
@@ -79,6 +82,7 @@ impl Builder {
                 backoff_base: DEFAULT_BACKOFF_BASE,
                 backoff_max: DEFAULT_BACKOFF_MAX,
                 max_retries: DEFAULT_MAX_RETRIES,
+                failure_accrual: DEFAULT_FAILURE_ACCRUAL,
                 warn_interval: DEFAULT_WARN_INTERVAL,
                 last_error_source: None,
             },
@@ -133,6 +137,28 @@ impl Builder {
     /// [`NotSent`](super::NotSent)) \[2\].
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.config.max_retries = retries;
+        self
+    }
+
+    /// How many failed requests in a row take an endpoint out of picks, as a
+    /// failed connection does \[5\]; 0 turns this off.
+    ///
+    /// A failure is an error from the endpoint's service (a request timeout
+    /// inside it among them), or what the [`Completion`] records (the HTTP
+    /// client: 5xx and broken bodies; the gRPC channel: `UNAVAILABLE` and
+    /// broken streams); any other completed request ends the run. A request
+    /// the caller abandoned does neither: it counts in the stats and raises
+    /// the RTT estimate (which already steers P2C away from a hung pod), but
+    /// a caller's short deadline, or a hedged request that won elsewhere,
+    /// must not take pods out. Without
+    /// this, a pod that fails fast (a 503 on everything) looks like the
+    /// fastest pod and draws more traffic than any. Out of picks, it waits
+    /// out a backoff that grows with the run (`backoff_base` doubling to
+    /// `backoff_max`), then gets a few requests again: one more failure puts
+    /// it back, one success ends the run. If every endpoint is out, panic
+    /// mode picks among all of them.
+    pub fn failure_accrual(mut self, failures: u32) -> Self {
+        self.config.failure_accrual = failures;
         self
     }
 
@@ -215,6 +241,7 @@ impl fmt::Debug for Config {
             .field("backoff_base", &self.backoff_base)
             .field("backoff_max", &self.backoff_max)
             .field("max_retries", &self.max_retries)
+            .field("failure_accrual", &self.failure_accrual)
             .field("warn_interval", &self.warn_interval)
             .field("last_error_source", &self.last_error_source.is_some())
             .finish()

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::endpoint::{Endpoint, Load};
 
@@ -15,8 +15,13 @@ use super::endpoint::{Endpoint, Load};
 /// future leaves no phantom load behind. The guard also keeps the endpoint,
 /// and with it the endpoint's service, alive: an endpoint that discovery
 /// removed closes its connections only after its last guarded stream ends.
+///
+/// A guard dropped without [`record_failure`](Self::record_failure) counts
+/// its request as a success, which ends the endpoint's run of failures (see
+/// [`Builder::failure_accrual`](super::Builder::failure_accrual)).
 pub struct PendingGuard {
     endpoint: Arc<dyn AsLoad>,
+    failed: AtomicBool,
 }
 
 /// Decides when a dispatched request stops counting as pending.
@@ -68,6 +73,8 @@ pub struct CompleteOnResponse;
 /// The parts of an endpoint a guard touches, without its service type.
 pub(crate) trait AsLoad: Send + Sync + 'static {
     fn load(&self) -> &Load;
+    /// Takes the endpoint out of picks until the background task reconnects it.
+    fn mark_unhealthy(&self);
 }
 
 // ===== impl PendingGuard =====
@@ -76,7 +83,14 @@ impl PendingGuard {
     /// Raises `endpoint`'s pending count until the guard is dropped.
     pub(crate) fn new<S: Send + Sync + 'static>(endpoint: Arc<Endpoint<S>>) -> Self {
         endpoint.load.pending.fetch_add(1, Ordering::Relaxed);
-        Self { endpoint }
+        Self {
+            endpoint,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn load(&self) -> &Load {
+        self.endpoint.load()
     }
 
     /// The address of the endpoint the request went to.
@@ -90,19 +104,34 @@ impl PendingGuard {
     /// For failures the balancer cannot see from the response future alone:
     /// a response stream that breaks midway, or an application-level "not
     /// available" in a status the [`Completion`] inspects (gRPC's
-    /// `UNAVAILABLE`, which may arrive in trailers). It only counts; it does
-    /// not take the endpoint out of picks. Call it once per request.
+    /// `UNAVAILABLE`, which may arrive in trailers). A request counts once,
+    /// however often this is called. After
+    /// [`failure_accrual`](super::Builder::failure_accrual) failed requests
+    /// in a row, the endpoint is taken out of picks for a backoff.
     pub fn record_failure(&self) {
-        self.endpoint
-            .load()
-            .failures
-            .fetch_add(1, Ordering::Relaxed);
+        if !self.failed.swap(true, Ordering::Relaxed) && self.load().record_failure() {
+            self.endpoint.mark_unhealthy();
+        }
+    }
+
+    /// Counts the request as failed in the stats, but neither extends nor
+    /// ends the endpoint's run of failures: the caller gave up on it, which
+    /// says as much about the caller's deadline (or a hedged request that
+    /// won elsewhere) as about the endpoint.
+    pub(crate) fn record_abandoned(&self) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            self.load().failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.endpoint.load().pending.fetch_sub(1, Ordering::Relaxed);
+        let load = self.endpoint.load();
+        load.pending.fetch_sub(1, Ordering::Relaxed);
+        if !*self.failed.get_mut() {
+            load.record_success();
+        }
     }
 }
 
@@ -129,5 +158,9 @@ impl<Rsp> Completion<Rsp> for CompleteOnResponse {
 impl<S: Send + Sync + 'static> AsLoad for Endpoint<S> {
     fn load(&self) -> &Load {
         &self.load
+    }
+
+    fn mark_unhealthy(&self) {
+        Endpoint::mark_unhealthy(self);
     }
 }

@@ -53,7 +53,7 @@ where
 
         if let Err(error) = ServiceExt::<Req>::ready(&mut service).await {
             let error = error.into();
-            unsent_failure(&balancer, &endpoint, &error);
+            unsent_failure(&balancer, &endpoint, &guard, &error);
             if retries < config.max_retries {
                 retries += 1;
                 tracing::debug!(endpoint = %addr, %error, retries, "endpoint not ready; retrying the request elsewhere");
@@ -65,7 +65,7 @@ where
         endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
         let abandoned = Abandoned {
-            endpoint: &endpoint,
+            guard: &guard,
             sent_at,
         };
         let result = service.call(request).await;
@@ -82,12 +82,12 @@ where
             Err(error) => {
                 let error = error.into();
                 let Some(not_sent) = NotSent::<Req>::find(&*error) else {
-                    endpoint.load.failures.fetch_add(1, Ordering::Relaxed);
+                    guard.record_failure();
                     warn_failure(&balancer, &endpoint, &error, "request failed");
                     return Err(endpoint_error(&endpoint, false, error));
                 };
                 let returned = not_sent.take_request();
-                unsent_failure(&balancer, &endpoint, &error);
+                unsent_failure(&balancer, &endpoint, &guard, &error);
                 match returned {
                     Some(again) if retries < config.max_retries => {
                         retries += 1;
@@ -108,19 +108,20 @@ where
 /// round trip: it can raise the estimate, never lower it. Without this a
 /// hung endpoint looks healthy and fast as soon as its timed-out requests
 /// stop counting as pending.
-struct Abandoned<'a, S> {
-    endpoint: &'a Endpoint<S>,
+struct Abandoned<'a> {
+    guard: &'a PendingGuard,
     sent_at: Instant,
 }
 
-impl<S> Drop for Abandoned<'_, S> {
+impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         let now = Instant::now();
-        let load = &self.endpoint.load;
-        load.failures.fetch_add(1, Ordering::Relaxed);
-        load.rtt
+        self.guard.record_abandoned();
+        self.guard
+            .load()
+            .rtt
             .observe_at_least(now.saturating_duration_since(self.sent_at), now);
-        tracing::debug!(endpoint = %self.endpoint.addr, "request abandoned before its response");
+        tracing::debug!(endpoint = %self.guard.endpoint(), "request abandoned before its response");
     }
 }
 
@@ -161,9 +162,10 @@ async fn wait_for_endpoint<Req, S, C>(
 fn unsent_failure<Req, S, C>(
     balancer: &Balancer<Req, S, C>,
     endpoint: &Endpoint<S>,
+    guard: &PendingGuard,
     error: &BoxError,
 ) {
-    endpoint.load.failures.fetch_add(1, Ordering::Relaxed);
+    guard.record_failure();
     endpoint.mark_unhealthy();
     warn_failure(
         balancer,

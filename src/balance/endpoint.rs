@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -73,6 +73,10 @@ pub(crate) struct Load {
     pub(crate) pending: AtomicUsize,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
+    /// Failed requests since the last request that did not fail.
+    streak: AtomicU32,
+    /// The run of failures that takes the endpoint out of picks; 0: never.
+    accrual: u32,
     pub(crate) rtt: PeakEwma,
     last_warn_ns: AtomicU64,
     epoch: Instant,
@@ -108,6 +112,7 @@ impl<S> Endpoint<S> {
         service: S,
         initial_rtt: Duration,
         decay: Duration,
+        failure_accrual: u32,
     ) -> Self {
         Self {
             addr,
@@ -118,6 +123,8 @@ impl<S> Endpoint<S> {
                 pending: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                streak: AtomicU32::new(0),
+                accrual: failure_accrual,
                 rtt: PeakEwma::new(initial_rtt, decay),
                 last_warn_ns: AtomicU64::new(0),
                 epoch: Instant::now(),
@@ -208,6 +215,34 @@ impl<S> fmt::Debug for Endpoint<S> {
 // ===== impl Load =====
 
 impl Load {
+    /// Counts one failed request; true when it completes a run of
+    /// `failure_accrual` failures in a row (or extends one).
+    pub(crate) fn record_failure(&self) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let streak = self
+            .streak
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        self.accrual != 0 && streak >= self.accrual
+    }
+
+    /// A request completed without a failure: the run of failures is over.
+    pub(crate) fn record_success(&self) {
+        if self.streak.load(Ordering::Relaxed) != 0 {
+            self.streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How far the current run of failures is past `failure_accrual`:
+    /// 0 below it, 1 at it, and so on (for the backoff delay).
+    pub(crate) fn failures_past_accrual(&self) -> u32 {
+        if self.accrual == 0 {
+            return 0;
+        }
+        let streak = self.streak.load(Ordering::Relaxed);
+        streak.saturating_sub(self.accrual - 1)
+    }
+
     /// True at most once per `interval` per endpoint: warnings about one
     /// failing endpoint must not flood the log.
     pub(crate) fn warn_allowed(&self, now: Instant, interval: Duration) -> bool {

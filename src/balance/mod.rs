@@ -65,7 +65,7 @@ mod task;
 
 pub use self::builder::{
     Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_DECAY, DEFAULT_FAILFAST_TIMEOUT,
-    DEFAULT_MAX_RETRIES, DEFAULT_RTT, DEFAULT_WARN_INTERVAL,
+    DEFAULT_FAILURE_ACCRUAL, DEFAULT_MAX_RETRIES, DEFAULT_RTT, DEFAULT_WARN_INTERVAL,
 };
 pub use self::completion::{CompleteOnResponse, Completion, PendingGuard};
 pub use self::endpoint::{EndpointState, EndpointStats};

@@ -53,6 +53,9 @@ struct Entry<S> {
     step: AbortHandle,
     /// Connection failures in a row, for the backoff delay.
     failures: u32,
+    /// A connection attempt failed since the endpoint was last Ready: the
+    /// pod was gone, and may come back as a new process.
+    connect_failed: bool,
 }
 
 struct Task<Req, S> {
@@ -167,7 +170,13 @@ where
             self.remove(addr);
         }
         let initial_rtt = self.typical_rtt();
-        let endpoint = Arc::new(Endpoint::new(addr, service, initial_rtt, self.config.decay));
+        let endpoint = Arc::new(Endpoint::new(
+            addr,
+            service,
+            initial_rtt,
+            self.config.decay,
+            self.config.failure_accrual,
+        ));
         tracing::debug!(endpoint = %addr, state = ?EndpointState::Connecting, initial_rtt = ?initial_rtt, "endpoint added");
         let step = self.spawn_step(connect::<Req, S>(endpoint.clone(), Duration::ZERO));
         self.endpoints.insert(
@@ -176,6 +185,7 @@ where
                 endpoint,
                 step,
                 failures: 0,
+                connect_failed: false,
             },
         );
         self.dirty = true;
@@ -197,20 +207,24 @@ where
             return; // Removed or replaced.
         };
         let addr = endpoint.addr;
-        let failures = match self.endpoints.get_mut(&addr) {
+        let (failures, connect_failed) = match self.endpoints.get_mut(&addr) {
             // A step of a replaced endpoint that finished before its abort is ignored.
             Some(entry) if Arc::ptr_eq(&entry.endpoint, &endpoint) => {
-                entry.failures = match outcome {
-                    Outcome::Connected => 0,
-                    _ => entry.failures.saturating_add(1),
+                let connect_failed = entry.connect_failed;
+                (entry.failures, entry.connect_failed) = match outcome {
+                    Outcome::Connected => (0, false),
+                    Outcome::ConnectFailed(_) => (entry.failures.saturating_add(1), true),
+                    Outcome::Unhealthy => (entry.failures.saturating_add(1), connect_failed),
                 };
-                entry.failures
+                // A run of failed requests backs off as long as failed connects would.
+                let past = endpoint.load.failures_past_accrual();
+                (entry.failures.max(past), connect_failed)
             }
             _ => return,
         };
         let next = match outcome {
             Outcome::Connected => {
-                if endpoint.state() == EndpointState::Backoff {
+                if connect_failed {
                     // What it measured before it failed says nothing about
                     // the pod it is now (often a restarted process): start
                     // afresh, as a new endpoint does.

@@ -133,6 +133,14 @@ impl<C> ChannelBuilder<C> {
         self
     }
 
+    /// Failed RPCs in a row (errors, `UNAVAILABLE`, broken streams) that
+    /// take a pod out of picks for a backoff \[5\]; 0 turns this off. See
+    /// [`balance::Builder::failure_accrual`](crate::balance::Builder::failure_accrual).
+    pub fn failure_accrual(mut self, failures: u32) -> Self {
+        self.client = self.client.failure_accrual(failures);
+        self
+    }
+
     /// DNS refresh schedule and backoff [`RefreshPolicy::default`].
     pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
         self.client = self.client.refresh_policy(policy);

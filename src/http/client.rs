@@ -156,6 +156,14 @@ impl<C> ClientBuilder<C> {
         self
     }
 
+    /// Failed requests in a row (errors, timeouts, 5xx, broken bodies) that
+    /// take a pod out of picks for a backoff \[5\]; 0 turns this off. See
+    /// [`balance::Builder::failure_accrual`](crate::balance::Builder::failure_accrual).
+    pub fn failure_accrual(mut self, failures: u32) -> Self {
+        self.balancer = self.balancer.failure_accrual(failures);
+        self
+    }
+
     /// DNS refresh schedule and backoff [`RefreshPolicy::default`].
     pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
         self.policy = policy;
