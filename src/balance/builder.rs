@@ -143,20 +143,20 @@ impl Builder {
     /// How many failed requests in a row take an endpoint out of picks, as a
     /// failed connection does \[5\]; 0 turns this off.
     ///
-    /// A failure is an error from the endpoint's service (a request timeout
-    /// inside it among them), or what the [`Completion`] records (the HTTP
-    /// client: 5xx and broken bodies; the gRPC channel: `UNAVAILABLE` and
-    /// broken streams); any other completed request ends the run. A request
-    /// the caller abandoned does neither: it counts in the stats and raises
-    /// the RTT estimate (which already steers P2C away from a hung pod), but
-    /// a caller's short deadline, or a hedged request that won elsewhere,
-    /// must not take pods out. Without
-    /// this, a pod that fails fast (a 503 on everything) looks like the
-    /// fastest pod and draws more traffic than any. Out of picks, it waits
-    /// out a backoff that grows with the run (`backoff_base` doubling to
-    /// `backoff_max`), then gets a few requests again: one more failure puts
-    /// it back, one success ends the run. If every endpoint is out, panic
-    /// mode picks among all of them.
+    /// Without this, a pod that fails fast (a 503 on everything) looks like
+    /// the fastest pod and draws more traffic than any. Out of picks, it
+    /// waits out a backoff that grows with the run (`backoff_base` doubling
+    /// to `backoff_max`), then gets a few requests again: one more failure
+    /// puts it back, one success ends the run. If every endpoint is out,
+    /// panic mode picks among all of them.
+    ///
+    /// A failure is an error from the endpoint's service, or what the
+    /// [`Completion`] records (the HTTP client: 5xx and broken bodies; the
+    /// gRPC channel: `UNAVAILABLE` and broken streams); any other completed
+    /// request ends the run. A request the caller abandoned (its own
+    /// timeout, a hedged request that won elsewhere) does neither: it counts
+    /// in the stats and raises the RTT estimate, which already steers P2C
+    /// away from a hung pod, but a caller's deadline must not take pods out.
     pub fn failure_accrual(mut self, failures: u32) -> Self {
         self.config.failure_accrual = failures;
         self
