@@ -8,7 +8,7 @@ use tokio::runtime::Runtime;
 
 use super::cluster::{self, Cluster, Protocol};
 use super::contenders::{self, Contender, Kind};
-use super::load::{Summary, drive, ms, round};
+use super::load::{Sample, Summary, drive, ms, round};
 use super::memory;
 use super::report::{
     DnsRow, KillRow, LoadRow, Meta, Report, ScaleRow, ScaleUpRow, SlowRow, criterion_figures,
@@ -167,34 +167,45 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
                 continue;
             }
         };
+        // All contenders stay built; each concurrency is measured in two
+        // rounds, forward then reverse order, so that no contender always
+        // runs first (or last) after a change of load.
+        let mut built = Vec::new();
         for kind in kinds {
-            let contender = match build(client_rt, kind, &cluster) {
-                Ok(c) => c,
+            match build(client_rt, kind, &cluster) {
+                Ok(contender) => {
+                    warm_up(client_rt, &contender, opts.secs(0.5, 0.2));
+                    built.push(contender);
+                }
                 Err(e) => {
                     progress(format_args!("1 {}: {e}", kind.name()));
                     for &c in &opts.concurrencies {
                         rows.push(LoadRow::failed(kind, c, e.clone()));
                     }
-                    continue;
                 }
-            };
-            warm_up(client_rt, &contender, opts.secs(0.5, 0.2));
-            for &c in &opts.concurrencies {
-                let run = client_rt.block_on(drive(
-                    contender.sender.fork(),
-                    c,
-                    opts.secs(2.0, 0.4),
-                    None,
-                ));
-                let summary = run.summary();
+            }
+        }
+        let half = opts.secs(1.0, 0.2);
+        for &c in &opts.concurrencies {
+            let mut runs: Vec<(Vec<Sample>, Duration)> = vec![Default::default(); built.len()];
+            let forward: Vec<usize> = (0..built.len()).collect();
+            for order in [forward.clone(), forward.into_iter().rev().collect()] {
+                for i in order {
+                    let run = client_rt.block_on(drive(built[i].sender.fork(), c, half, None));
+                    runs[i].0.extend(run.samples);
+                    runs[i].1 += run.elapsed;
+                }
+            }
+            for (contender, (samples, elapsed)) in built.iter().zip(runs) {
+                let summary = Summary::of(&samples, elapsed);
                 progress(format_args!(
                     "1 healthy, {} c={c}: {:.0} req/s, p99 {} ms, {} errors",
-                    kind.name(),
+                    contender.kind.name(),
                     summary.rps,
                     summary.p99_ms,
                     summary.errors
                 ));
-                rows.push(LoadRow::of(kind, c, summary));
+                rows.push(LoadRow::of(contender.kind, c, summary));
             }
         }
     }
