@@ -30,6 +30,8 @@ pub struct Meta {
     pub cpus: usize,
     pub cpu: String,
     pub rustc: String,
+    /// /proc/loadavg when the run started: other work on the machine.
+    pub loadavg: String,
     /// `name version` of the crates compared, from Cargo.lock.
     pub versions: Vec<String>,
 }
@@ -186,6 +188,9 @@ impl Meta {
                 &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()),
                 &["--version"],
             ),
+            loadavg: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
             versions: locked_versions(),
         }
     }
