@@ -313,7 +313,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "Run {}{} at commit `{}` on {} CPUs ({}), {}.\n",
+            "Run {}{} at commit `{}` on {} CPUs ({}), {}; load average at the start: {}.\n",
             m.date,
             if m.quick {
                 " (QUICK: smoke run, not figures)"
@@ -323,7 +323,8 @@ impl Report {
             m.commit,
             m.cpus,
             m.cpu,
-            m.rustc
+            m.rustc,
+            m.loadavg
         );
         let _ = writeln!(md, "Versions (Cargo.lock): {}.\n", m.versions.join(", "));
         let _ = writeln!(
