@@ -119,6 +119,41 @@ fn warm_up(client_rt: &Runtime, contender: &Contender, d: Duration) {
     client_rt.block_on(drive(contender.sender.fork(), CONCURRENCY, d, None));
 }
 
+/// A fresh cluster of `opts.pods` pods for one contender, and the contender.
+struct Setup {
+    /// Pods listed in DNS at first.
+    listed: usize,
+    ttl: u32,
+    warm_up: Duration,
+}
+
+impl Setup {
+    /// Starts the pods, lets `prepare` change them, builds `kind` and warms it up.
+    fn start(
+        &self,
+        opts: &Options,
+        pods_rt: &Runtime,
+        client_rt: &Runtime,
+        kind: Kind,
+        prepare: impl FnOnce(&Cluster),
+    ) -> Result<(Cluster, Contender), String> {
+        let protocol = kind.protocol();
+        let cluster = Cluster::start(
+            pods_rt,
+            protocol,
+            first_ip(protocol),
+            opts.pods,
+            self.listed,
+            self.ttl,
+        )
+        .map_err(|e| format!("pods: {e}"))?;
+        prepare(&cluster);
+        let contender = build(client_rt, kind, &cluster)?;
+        warm_up(client_rt, &contender, self.warm_up);
+        Ok((cluster, contender))
+    }
+}
+
 /// Each pod's share of the requests answered between `before` and `after`.
 fn shares(before: &[u64], after: &[u64]) -> Vec<f64> {
     let deltas: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
@@ -218,29 +253,19 @@ fn slow_pod(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<SlowR
     let mut rows = Vec::new();
     for kind in opts.kinds.iter().copied().filter(|k| k.balances()) {
         let protocol = kind.protocol();
-        let cluster = match Cluster::start(
-            pods_rt,
-            protocol,
-            first_ip(protocol),
-            opts.pods,
-            opts.pods,
-            STEADY_TTL,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                rows.push(SlowRow::failed(kind, format!("pods: {e}")));
-                continue;
-            }
+        let setup = Setup {
+            listed: opts.pods,
+            ttl: STEADY_TTL,
+            warm_up: opts.secs(1.0, 0.3),
         };
-        cluster.pods.set_delay(0, SLOW);
-        let contender = match build(client_rt, kind, &cluster) {
-            Ok(c) => c,
+        let slow = |cluster: &Cluster| cluster.pods.set_delay(0, SLOW);
+        let (cluster, contender) = match setup.start(opts, pods_rt, client_rt, kind, slow) {
+            Ok(started) => started,
             Err(e) => {
                 rows.push(SlowRow::failed(kind, e));
                 continue;
             }
         };
-        warm_up(client_rt, &contender, opts.secs(1.0, 0.3));
         let before = cluster.requests();
         let run = client_rt.block_on(drive(
             contender.sender.fork(),
@@ -275,29 +300,19 @@ fn pod_killed(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Kil
     let kill_at = opts.secs(1.5, 0.5);
     for kind in opts.kinds.iter().copied().filter(|k| k.balances()) {
         let protocol = kind.protocol();
-        let cluster = match Cluster::start(
-            pods_rt,
-            protocol,
-            first_ip(protocol),
-            opts.pods,
-            opts.pods,
-            STEADY_TTL,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                rows.push(KillRow::failed(kind, format!("pods: {e}")));
-                continue;
-            }
+        let setup = Setup {
+            listed: opts.pods,
+            ttl: STEADY_TTL,
+            warm_up: opts.secs(0.5, 0.2),
         };
-        let victim = cluster.pods.len() - 1;
-        let contender = match build(client_rt, kind, &cluster) {
-            Ok(c) => c,
+        let (cluster, contender) = match setup.start(opts, pods_rt, client_rt, kind, |_| {}) {
+            Ok(started) => started,
             Err(e) => {
                 rows.push(KillRow::failed(kind, e));
                 continue;
             }
         };
-        warm_up(client_rt, &contender, opts.secs(0.5, 0.2));
+        let victim = cluster.pods.len() - 1;
         let load = client_rt.spawn(drive(contender.sender.fork(), CONCURRENCY, run_for, None));
         let started = Instant::now();
         std::thread::sleep(kill_at);
@@ -351,28 +366,18 @@ fn scale_up(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Scale
     for kind in opts.kinds.iter().copied().filter(|k| k.balances()) {
         let protocol = kind.protocol();
         let n = opts.pods;
-        let cluster = match Cluster::start(
-            pods_rt,
-            protocol,
-            first_ip(protocol),
-            n,
-            n - 1,
-            SCALE_UP_TTL,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                rows.push(ScaleUpRow::failed(kind, format!("pods: {e}")));
-                continue;
-            }
+        let setup = Setup {
+            listed: n - 1,
+            ttl: SCALE_UP_TTL,
+            warm_up: opts.secs(0.5, 0.2),
         };
-        let contender = match build(client_rt, kind, &cluster) {
-            Ok(c) => c,
+        let (cluster, contender) = match setup.start(opts, pods_rt, client_rt, kind, |_| {}) {
+            Ok(started) => started,
             Err(e) => {
                 rows.push(ScaleUpRow::failed(kind, e));
                 continue;
             }
         };
-        warm_up(client_rt, &contender, opts.secs(0.5, 0.2));
         let stop = Arc::new(AtomicBool::new(false));
         let limit = change_at + give_up + share_window + Duration::from_secs(1);
         let load = client_rt.spawn(drive(
