@@ -2,66 +2,28 @@
 //! 1, 2 and 8 concurrent callers, each against tower's `Buffer<Balance<…>>`
 //! over the same immediate endpoints.
 //!
-//! `cargo bench --bench balance` (add `-- --quick` for a rough run).
+//! `cargo bench --bench balance` (add `-- --quick` for a rough run). The
+//! peer comparison (`benches/peers.rs`, scenario 6) reads these results.
 
-use std::convert::Infallible;
+#[path = "peers_core/immediate.rs"]
+mod immediate;
+
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use futures::stream::{self, StreamExt};
-use headless_lb::balance::{Balancer, EndpointState};
+use immediate::{Ours, Theirs};
 use tokio::runtime::Runtime;
-use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
-use tower::discover::{Change, ServiceList};
-use tower::load::{CompleteOnResponse, PeakEwma};
 use tower::{Service, ServiceExt};
-
-type Immediate = tower::util::BoxCloneSyncService<u32, u32, Infallible>;
-type Ours = Balancer<u32, Immediate>;
-type Theirs =
-    Buffer<u32, <Balance<ServiceList<Vec<PeakEwma<Immediate>>>, u32> as Service<u32>>::Future>;
-
-fn immediate() -> Immediate {
-    tower::util::BoxCloneSyncService::new(tower::service_fn(|r: u32| async move {
-        Ok::<_, Infallible>(r)
-    }))
-}
-
-fn addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080))
-}
 
 /// Our balancer over `n` endpoints, once they are all Ready.
 fn ours(rt: &Runtime, n: usize) -> Ours {
-    rt.block_on(async {
-        let changes = (0..n).map(|i| Ok::<_, Infallible>(Change::Insert(addr(i), immediate())));
-        let discover = stream::iter(changes.collect::<Vec<_>>()).chain(stream::pending());
-        let lb: Ours = Balancer::builder().build(discover);
-        while lb.stats().len() < n || lb.stats().iter().any(|s| s.state != EndpointState::Ready) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        lb
-    })
+    rt.block_on(immediate::ours(n))
 }
 
 /// tower's P2C behind a Buffer over `n` endpoints with peak-EWMA load.
 fn theirs(rt: &Runtime, n: usize) -> Theirs {
-    rt.block_on(async {
-        let services = (0..n)
-            .map(|_| {
-                PeakEwma::new(
-                    immediate(),
-                    Duration::from_millis(30),
-                    10e9,
-                    CompleteOnResponse::default(),
-                )
-            })
-            .collect::<Vec<_>>();
-        Buffer::new(Balance::new(ServiceList::new(services)), 1024)
-    })
+    rt.block_on(async { immediate::theirs(n) })
 }
 
 fn pick(c: &mut Criterion) {

@@ -156,7 +156,7 @@ impl<C> ClientBuilder<C> {
         self
     }
 
-    /// Failed requests in a row (errors, timeouts, 5xx, broken bodies) that
+    /// Failed requests in a row (errors, 5xx, broken bodies) that
     /// take a pod out of picks for a backoff \[5\]; 0 turns this off. See
     /// [`balance::Builder::failure_accrual`](crate::balance::Builder::failure_accrual).
     pub fn failure_accrual(mut self, failures: u32) -> Self {

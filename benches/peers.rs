@@ -1,0 +1,90 @@
+//! headless-lb against what users would pick instead, on the same pods in one
+//! run: prints a Markdown comparison (the section pasted into BENCHMARKS.md)
+//! on stdout and writes it, with the same data as JSON, to files.
+//!
+//! ```text
+//! cargo bench --all-features --bench peers                 # about 4 minutes
+//! cargo bench --all-features --bench peers -- --quick      # smoke run, ~40 s
+//!     [--markdown PATH] [--json PATH] [--scenarios 1,2,…]
+//! ```
+//!
+//! Defaults: `target/peers/report.md` and `target/peers/report.json`.
+//! `cargo bench --all-features` runs `benches/balance.rs` first, whose
+//! criterion results scenario 6 reads. Scenarios (see BENCHMARKS.md):
+//! 1 healthy pods, 2 one slow pod, 3 a pod killed, 4 scale-up, 5 DNS load of
+//! an idle client, 6 pick cost, handle throughput and memory per endpoint.
+
+#[path = "peers_core/mod.rs"]
+mod peers_core;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use peers_core::Options;
+
+#[global_allocator]
+static ALLOC: peers_core::memory::Counting = peers_core::memory::Counting;
+
+fn main() -> ExitCode {
+    let mut quick = false;
+    let mut markdown = None;
+    let mut json = None;
+    let mut scenarios = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            // cargo bench passes `--bench`; criterion's own flags may come along too.
+            "--bench" => {}
+            "--markdown" => markdown = args.next().map(PathBuf::from),
+            "--json" => json = args.next().map(PathBuf::from),
+            "--scenarios" => {
+                let list = args.next().unwrap_or_default();
+                match list
+                    .split(',')
+                    .map(str::parse::<u8>)
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(v) if v.iter().all(|n| (1..=6).contains(n)) => scenarios = Some(v),
+                    _ => {
+                        eprintln!("error: --scenarios takes numbers 1 to 6, e.g. 1,2");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            other => eprintln!("peers: ignoring argument {other:?}"),
+        }
+    }
+    let mut opts = Options::new(quick);
+    if let Some(s) = scenarios {
+        opts.scenarios = s;
+    }
+    let started = Instant::now();
+    let report = peers_core::run(&opts);
+    let md = report.markdown();
+    println!("{md}");
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target")))
+        .join("peers");
+    let markdown = markdown.unwrap_or_else(|| out.join("report.md"));
+    let json = json.unwrap_or_else(|| out.join("report.json"));
+    let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+    for (path, body) in [(&markdown, &md), (&json, &text)] {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(path, body) {
+            eprintln!("peers: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    eprintln!(
+        "peers: done in {:.0} s; wrote {} and {}",
+        started.elapsed().as_secs_f64(),
+        markdown.display(),
+        json.display()
+    );
+    ExitCode::SUCCESS
+}
