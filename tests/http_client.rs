@@ -363,8 +363,8 @@ both_protocols!(slow_pod_is_avoided, 12);
 /// Figures on this 2-core machine, with two CPU-bound processes running
 /// beside the test: the slow pod gets 1-2 (HTTP/1.1) and 5 (HTTP/2) of the
 /// 2 000 measured requests. The check depends on the fast pods answering
-/// well under a sixth of the slow pod's latency: P2C weighs RTT × (pending
-/// + 1) with ~5 requests pending per fast pod. With unoptimised
+/// well under a sixth of the slow pod's latency: P2C weighs the RTT times
+/// (pending + 1), with ~5 requests pending per fast pod. With unoptimised
 /// dependencies (before the `profile.dev.package."*"` setting) a request
 /// cost milliseconds of CPU, the fast pods' estimates reached ~9 ms under
 /// load, and the slow pod got 13-25 requests; before the first response
