@@ -618,11 +618,13 @@ async fn a_process_frozen_with_sigstop_is_avoided_and_serves_again_after_sigcont
     echo.signal("-CONT");
     let resumed = Instant::now();
     let served_before = pods[0].requests() + pods[1].requests();
-    wait_for(DEADLINE, "the process to serve again", || {
-        // Its answered requests: dispatched ones less those that failed and
-        // those still in flight (which may yet time out).
-        let s = stats_of(&client, echo.addr);
-        s.requests - s.failures - s.pending as u64 > before + 10
+    // Requests picked for it after SIGCONT. Its backlog, answered now,
+    // took ~2 s each: that RTT must decay (500 ms decay here) before P2C
+    // picks it against 1 ms pods again, which takes a few seconds of
+    // however many requests the machine manages meanwhile.
+    let dispatched_at_resume = stats_of(&client, echo.addr).requests;
+    wait_for(DEADLINE, "the process to be picked again", || {
+        stats_of(&client, echo.addr).requests > dispatched_at_resume + 10
     })
     .await;
     load_flows(&load, 200).await;
