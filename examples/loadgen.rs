@@ -312,7 +312,12 @@ async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure
         .map_err(|e| Failure::Usage(format!("bad authority {authority:?}: {e}")))?;
     let builder = HttpEndpointBuilder::new(protocol).authority(authority);
     let endpoints = Arc::new(ArcSwap::from_pointee(Vec::new()));
-    tokio::spawn(follow(discovery, builder, endpoints.clone()));
+    let published = endpoints.clone();
+    tokio::spawn(common::follow::follow(
+        discovery,
+        move |addr| builder.make::<ReqBody>(addr),
+        move |current| published.store(Arc::new(current.values().cloned().collect())),
+    ));
     // `follow` publishes the current set at once; wait for it.
     while endpoints.load().is_empty() {
         tokio::task::yield_now().await;
@@ -322,30 +327,6 @@ async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure
         next: AtomicUsize::new(0),
         endpoints,
     }))
-}
-
-/// Keeps `endpoints` equal to discovery's set, reusing the endpoints (and
-/// their connections) of addresses that stay.
-async fn follow(
-    discovery: Discovery,
-    builder: HttpEndpointBuilder,
-    endpoints: Arc<ArcSwap<Vec<HttpEndpoint<ReqBody>>>>,
-) {
-    let mut sets = discovery.watch();
-    let mut current: BTreeMap<SocketAddr, HttpEndpoint<ReqBody>> = BTreeMap::new();
-    loop {
-        let set = sets.borrow_and_update().clone();
-        current.retain(|addr, _| set.contains(addr));
-        for addr in set.iter() {
-            current
-                .entry(*addr)
-                .or_insert_with(|| builder.make::<ReqBody>(*addr));
-        }
-        endpoints.store(Arc::new(current.values().cloned().collect()));
-        if sets.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 impl Sender {
@@ -582,14 +563,12 @@ fn round3(x: f64) -> f64 {
 /// `--protocol grpc`: unary health checks through the balanced channel or a baseline.
 #[cfg(feature = "tonic")]
 mod grpc {
-    use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use arc_swap::ArcSwap;
-    use headless_lb::Discovery;
     use headless_lb::http::ServedBy;
     use tonic::transport::{Channel, Endpoint};
     use tonic_health::pb::HealthCheckRequest;
@@ -640,7 +619,16 @@ mod grpc {
             });
         }
         let channels = Arc::new(ArcSwap::from_pointee(Vec::new()));
-        tokio::spawn(follow(discovery, origin, channels.clone()));
+        let published = channels.clone();
+        tokio::spawn(crate::common::follow::follow(
+            discovery,
+            move |addr| connect(addr, &origin),
+            move |current| {
+                published.store(Arc::new(
+                    current.iter().map(|(a, c)| (*a, c.clone())).collect(),
+                ))
+            },
+        ));
         // `follow` publishes the current set at once; wait for it.
         while channels.load().is_empty() {
             tokio::task::yield_now().await;
@@ -659,32 +647,6 @@ mod grpc {
             .origin(origin.clone())
             .tcp_nodelay(true)
             .connect_lazy()
-    }
-
-    /// Keeps `channels` equal to discovery's set, reusing the channels of
-    /// addresses that stay.
-    async fn follow(
-        discovery: Discovery,
-        origin: http::Uri,
-        channels: Arc<ArcSwap<Vec<(SocketAddr, Channel)>>>,
-    ) {
-        let mut sets = discovery.watch();
-        let mut current: BTreeMap<SocketAddr, Channel> = BTreeMap::new();
-        loop {
-            let set = sets.borrow_and_update().clone();
-            current.retain(|addr, _| set.contains(addr));
-            for addr in set.iter() {
-                current
-                    .entry(*addr)
-                    .or_insert_with(|| connect(*addr, &origin));
-            }
-            channels.store(Arc::new(
-                current.iter().map(|(a, c)| (*a, c.clone())).collect(),
-            ));
-            if sets.changed().await.is_err() {
-                return;
-            }
-        }
     }
 
     fn request() -> HealthCheckRequest {

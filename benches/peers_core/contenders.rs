@@ -10,7 +10,7 @@
 //! `DnsDiscover`, and ginepro's `LoadBalancedChannel` (tonic 0.13, its own DNS
 //! probe every 10 s by default) looking names up at the same DNS server.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -188,10 +188,11 @@ pub async fn build(kind: Kind, target: &str, nameserver: SocketAddr) -> Result<C
             let authority = parsed.authority().parse().map_err(|e| format!("{e}"))?;
             let builder = HttpEndpointBuilder::new(HttpVersion::Http1).authority(authority);
             let endpoints = Arc::new(ArcSwap::from_pointee(Vec::new()));
-            tasks.push(tokio::spawn(follow_http(
+            let published = endpoints.clone();
+            tasks.push(tokio::spawn(super::follow::follow(
                 discovery,
-                builder,
-                endpoints.clone(),
+                move |addr| builder.make::<ReqBody>(addr),
+                move |current| published.store(Arc::new(current.values().cloned().collect())),
             )));
             while endpoints.load().is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -398,29 +399,6 @@ impl Baseline {
         match endpoint.oneshot(request).await {
             Ok(rsp) => read_http(rsp).await,
             Err(_) => false,
-        }
-    }
-}
-
-/// Keeps `endpoints` equal to discovery's set, reusing the endpoints of addresses that stay.
-async fn follow_http(
-    discovery: Discovery,
-    builder: HttpEndpointBuilder,
-    endpoints: Arc<ArcSwap<Vec<HttpEndpoint<ReqBody>>>>,
-) {
-    let mut sets = discovery.watch();
-    let mut current: BTreeMap<SocketAddr, HttpEndpoint<ReqBody>> = BTreeMap::new();
-    loop {
-        let set = sets.borrow_and_update().clone();
-        current.retain(|addr, _| set.contains(addr));
-        for addr in set.iter() {
-            current
-                .entry(*addr)
-                .or_insert_with(|| builder.make::<ReqBody>(*addr));
-        }
-        endpoints.store(Arc::new(current.values().cloned().collect()));
-        if sets.changed().await.is_err() {
-            return;
         }
     }
 }

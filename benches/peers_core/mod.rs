@@ -21,6 +21,8 @@
 
 pub mod cluster;
 pub mod contenders;
+#[path = "../../examples/common/follow.rs"]
+pub mod follow;
 pub mod immediate;
 pub mod load;
 pub mod memory;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod follow;
+
 use std::process::ExitCode;
 
 use clap::Parser;
