@@ -231,6 +231,79 @@ async fn http1_pool_opens_connections_up_to_the_cap_then_waits() {
     assert_eq!(pod.connections(), 3);
 }
 
+/// With every connection busy, HTTP/1.1 callers get a connection in the
+/// order they started waiting: each one that comes free goes to the longest
+/// waiter, not to whichever of the woken callers runs first.
+#[tokio::test]
+async fn http1_waiters_get_connections_in_arrival_order() {
+    let pod = Pod::start(addr("127.0.0.30:0")).await.unwrap();
+    pod.set_hang(true);
+    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http1)
+        .max_connections(1)
+        .make(pod.addr());
+    let holder = tokio::spawn(send_owned(svc.clone()));
+    wait_until("the only connection is busy", || pod.in_flight() == 1).await;
+
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..8 {
+        let (svc, order) = (svc.clone(), order.clone());
+        let mut waiter = Box::pin(async move {
+            let status = send_owned(svc).await;
+            order.lock().unwrap().push(i);
+            status
+        });
+        // One poll queues it (no connection is free), then it runs on its own.
+        assert!(
+            futures::poll!(&mut waiter).is_pending(),
+            "waiter {i} must wait"
+        );
+        waiters.push(tokio::spawn(waiter));
+    }
+    pod.set_hang(false);
+    assert_eq!(holder.await.unwrap().unwrap(), StatusCode::OK);
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(*order.lock().unwrap(), (0..8).collect::<Vec<_>>());
+    assert_eq!(pod.connections(), 1);
+}
+
+/// A waiter that is dropped after a connection was handed to it passes the
+/// connection on: the callers behind it are not left waiting.
+#[tokio::test]
+async fn a_dropped_waiter_passes_its_connection_on() {
+    let pod = Pod::start(addr("127.0.0.30:0")).await.unwrap();
+    pod.set_hang(true);
+    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http1)
+        .max_connections(1)
+        .make(pod.addr());
+    let holder = tokio::spawn(send_owned(svc.clone()));
+    wait_until("the only connection is busy", || pod.in_flight() == 1).await;
+
+    // First in line, but never polled again once the connection is handed to it.
+    let mut first = svc.clone();
+    let mut first_ready = Box::pin(first.ready());
+    assert!(futures::poll!(&mut first_ready).is_pending());
+    let mut second = Box::pin(send_owned(svc.clone()));
+    assert!(futures::poll!(&mut second).is_pending());
+    let second = tokio::spawn(second);
+
+    pod.set_hang(false);
+    assert_eq!(holder.await.unwrap().unwrap(), StatusCode::OK);
+    // The connection is now handed to `first`, which goes away unpolled.
+    wait_until("the held request is done", || pod.in_flight() == 0).await;
+    drop(first_ready);
+    drop(first);
+    let status = tokio::time::timeout(DEADLINE, second)
+        .await
+        .expect("the second waiter gets the connection")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pod.connections(), 1);
+}
+
 async fn send_owned(svc: HttpEndpoint<Body>) -> Result<StatusCode, BoxError> {
     let response = svc.oneshot(get("/")).await?;
     Ok(response.status())

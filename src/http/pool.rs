@@ -1,12 +1,22 @@
 //! The connections of one endpoint, shared by every clone of its service.
 //!
 //! ```text
-//!             checkout ──► idle? ──yes──► Ready(conn)          (HTTP/1: taken out; HTTP/2: cloned)
+//!             checkout ──► handed one? / idle? ──yes──► Ready(conn)   (HTTP/1: taken out; HTTP/2: cloned)
 //!                            │no
 //!                   live < max? ──yes──► spawn connect ──┐
-//!                            │no                         │ success: push to idle, wake all
-//!                         wait (waker) ◄─────────────────┘ failure: record, wake all
+//!                            │no                         │ success: give (below)
+//!                  wait in line (waker) ◄────────────────┘ failure: record, wake all
 //! ```
+//!
+//! HTTP/1 waiters queue in arrival order. A connection that comes free
+//! (checked in, or newly connected) is handed to the longest waiter and
+//! wakes only that one; it goes to the idle list only when nobody waits, so
+//! a newcomer cannot take it past the line. Waking every waiter instead
+//! made each check-in wake all of them to race for one connection: work
+//! that grows with the queue, and a tail for whoever kept losing (measured
+//! at 64 in flight on one pod with 16 connections: p99 19-22 ms against a
+//! plain client's 4-5 ms). A waiter that goes away passes its connection
+//! on. HTTP/2 connections are shared, so their waiters are all woken.
 //!
 //! `live` counts connections being opened plus connections whose driver task
 //! is running; a driver decrements it when its connection ends. Driver and
@@ -14,7 +24,7 @@
 //! clone drops the idle senders, and hyper then closes each connection once
 //! its in-flight requests are done.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
@@ -55,7 +65,10 @@ struct State<B> {
     /// Failed connect attempts so far; a waiter that sees this grow fails too.
     failures: u64,
     last_error: Option<ConnectError>,
-    waiters: HashMap<u64, Waker>,
+    /// Callers waiting for a connection, oldest (lowest id) first.
+    waiters: BTreeMap<u64, Waker>,
+    /// HTTP/1 connections handed to a waiter that has not taken it yet.
+    handed: HashMap<u64, Conn<B>>,
     next_waiter: u64,
 }
 
@@ -106,7 +119,8 @@ impl<B, C> Pool<B, C> {
                 live: 0,
                 failures: 0,
                 last_error: None,
-                waiters: HashMap::new(),
+                waiters: BTreeMap::new(),
+                handed: HashMap::new(),
                 next_waiter: 0,
             }),
         }
@@ -154,6 +168,14 @@ impl<B, C> Pool<B, C> {
         C: Connect,
     {
         let mut st = self.lock();
+        // A handed connection that closed on the way is dropped here; its
+        // driver gives the slot back (`closed`).
+        if let Some(conn) = waiter.and_then(|id| st.handed.remove(&id))
+            && !conn.is_closed()
+        {
+            *waiter = None;
+            return Checkout::Ready(conn);
+        }
         st.idle.retain(|c| !c.is_closed());
         let found = match self.protocol {
             Protocol::Http1 => st.idle.pop(),
@@ -168,14 +190,13 @@ impl<B, C> Pool<B, C> {
             }
             return Checkout::Ready(conn);
         }
-        if st.failures > failures_seen {
+        // `connect` records an error with every failure, so a new failure
+        // always has one to report.
+        if let (true, Some(err)) = (st.failures > failures_seen, &st.last_error) {
+            let err = err.clone();
             if let Some(id) = waiter.take() {
                 st.waiters.remove(&id);
             }
-            let err = st
-                .last_error
-                .clone()
-                .expect("failures > 0 records an error");
             return Checkout::Failed(err);
         }
         if st.live < self.max_connections {
@@ -190,43 +211,73 @@ impl<B, C> Pool<B, C> {
         Checkout::Wait
     }
 
-    /// Forgets a waiter that went away.
+    /// Forgets a waiter that went away, passing on a connection handed to it.
     pub(crate) fn cancel_wait(&self, id: u64) {
-        self.lock().waiters.remove(&id);
+        let mut st = self.lock();
+        st.waiters.remove(&id);
+        if let Some(conn) = st.handed.remove(&id) {
+            give(st, conn);
+        }
     }
 
-    /// Returns an unused or finished HTTP/1 connection to the idle list.
+    /// Returns an unused or finished HTTP/1 connection: to the longest
+    /// waiter, or to the idle list.
     pub(crate) fn checkin(&self, conn: Conn<B>) {
         if matches!(conn, Conn::H2(_)) || conn.is_closed() {
             return;
         }
-        let mut st = self.lock();
-        st.idle.push(conn);
-        wake_all(st);
+        give(self.lock(), conn);
     }
 
     fn connected(&self, result: Result<Conn<B>, ConnectError>) {
         let mut st = self.lock();
         match result {
-            Ok(conn) => st.idle.push(conn),
+            Ok(conn) => give(st, conn),
             Err(err) => {
                 st.live -= 1;
                 st.failures += 1;
                 st.last_error = Some(err);
+                // Every waiter fails with it (`checkout`).
+                wake_all(st);
             }
         }
-        wake_all(st);
     }
 
-    fn closed(&self) {
+    /// A connection ended and gave its slot back: open another for the
+    /// waiters, if any (HTTP/2 waiters all get the new connection).
+    fn closed(self: &Arc<Self>)
+    where
+        B: RequestBody,
+        C: Connect,
+    {
         let mut st = self.lock();
         st.live -= 1;
-        wake_all(st);
+        if !st.waiters.is_empty() && st.live < self.max_connections {
+            st.live += 1;
+            tokio::spawn(connect(self.clone()));
+        }
+    }
+}
+
+/// Hands an HTTP/1 connection to the longest waiter, or puts it in the idle
+/// list; an HTTP/2 connection is shared, so every waiter is woken to use it.
+fn give<B>(mut st: MutexGuard<'_, State<B>>, conn: Conn<B>) {
+    if matches!(conn, Conn::H2(_)) {
+        st.idle.push(conn);
+        return wake_all(st);
+    }
+    match st.waiters.pop_first() {
+        Some((id, waker)) => {
+            st.handed.insert(id, conn);
+            drop(st);
+            waker.wake();
+        }
+        None => st.idle.push(conn),
     }
 }
 
 fn wake_all<B>(mut st: MutexGuard<'_, State<B>>) {
-    let wakers: Vec<Waker> = st.waiters.drain().map(|(_, w)| w).collect();
+    let wakers: Vec<Waker> = std::mem::take(&mut st.waiters).into_values().collect();
     drop(st);
     for w in wakers {
         w.wake();
@@ -295,6 +346,8 @@ where
 /// Runs one connection to its end, then gives its slot back.
 async fn drive<B, C, F>(pool: Weak<Pool<B, C>>, addr: SocketAddr, conn: F)
 where
+    B: RequestBody,
+    C: Connect,
     F: std::future::Future<Output = hyper::Result<()>>,
 {
     match conn.await {
