@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -231,20 +233,32 @@ async fn http1_pool_opens_connections_up_to_the_cap_then_waits() {
     assert_eq!(pod.connections(), 3);
 }
 
-/// With every connection busy, HTTP/1.1 callers get a connection in the
-/// order they started waiting: each one that comes free goes to the longest
-/// waiter, not to whichever of the woken callers runs first.
-#[tokio::test]
-async fn http1_waiters_get_connections_in_arrival_order() {
-    let pod = Pod::start(addr("127.0.0.30:0")).await.unwrap();
+/// An HTTP/1.1 endpoint capped at one connection, and that connection busy
+/// with a request the pod holds until `set_hang(false)`.
+async fn one_busy_connection(
+    ip: &str,
+) -> (
+    Pod,
+    HttpEndpoint<Body>,
+    tokio::task::JoinHandle<Result<StatusCode, BoxError>>,
+) {
+    let pod = Pod::start(addr(ip)).await.unwrap();
     pod.set_hang(true);
     let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http1)
         .max_connections(1)
         .make(pod.addr());
     let holder = tokio::spawn(send_owned(svc.clone()));
     wait_until("the only connection is busy", || pod.in_flight() == 1).await;
+    (pod, svc, holder)
+}
 
-    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// With every connection busy, HTTP/1.1 callers get a connection in the
+/// order they started waiting: each one that comes free goes to the longest
+/// waiter, not to whichever of the woken callers runs first.
+#[tokio::test]
+async fn http1_waiters_get_connections_in_arrival_order() {
+    let (pod, svc, holder) = one_busy_connection("127.0.0.30:0").await;
+    let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..8 {
         let (svc, order) = (svc.clone(), order.clone());
@@ -269,30 +283,37 @@ async fn http1_waiters_get_connections_in_arrival_order() {
     assert_eq!(pod.connections(), 1);
 }
 
-/// A waiter that is dropped after a connection was handed to it passes the
-/// connection on: the callers behind it are not left waiting.
-#[tokio::test]
-async fn a_dropped_waiter_passes_its_connection_on() {
-    let pod = Pod::start(addr("127.0.0.30:0")).await.unwrap();
-    pod.set_hang(true);
-    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http1)
-        .max_connections(1)
-        .make(pod.addr());
-    let holder = tokio::spawn(send_owned(svc.clone()));
-    wait_until("the only connection is busy", || pod.in_flight() == 1).await;
+/// Records that its task was woken.
+struct Woken(AtomicBool);
 
-    // First in line, but never polled again once the connection is handed to it.
+impl futures::task::ArcWake for Woken {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A waiter that goes away after the free connection was handed to it (its
+/// task woken, never polled again) passes the connection on: the callers
+/// behind it are not left waiting.
+#[tokio::test]
+async fn a_waiter_dropped_after_the_handover_passes_the_connection_on() {
+    let (pod, svc, holder) = one_busy_connection("127.0.0.30:0").await;
     let mut first = svc.clone();
     let mut first_ready = Box::pin(first.ready());
-    assert!(futures::poll!(&mut first_ready).is_pending());
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = futures::task::waker(woken.clone());
+    let polled = first_ready.as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending(), "the first waiter must wait");
     let mut second = Box::pin(send_owned(svc.clone()));
     assert!(futures::poll!(&mut second).is_pending());
     let second = tokio::spawn(second);
 
     pod.set_hang(false);
     assert_eq!(holder.await.unwrap().unwrap(), StatusCode::OK);
-    // The connection is now handed to `first`, which goes away unpolled.
-    wait_until("the held request is done", || pod.in_flight() == 0).await;
+    wait_until("the connection is handed to the first waiter", || {
+        woken.0.load(Ordering::SeqCst)
+    })
+    .await;
     drop(first_ready);
     drop(first);
     let status = tokio::time::timeout(DEADLINE, second)
