@@ -104,6 +104,11 @@ pub struct MakeHttpEndpoint<B, C = TcpConnector> {
 ///   have reached the server.
 /// - Clones share the connections; each clone holds at most one reservation,
 ///   released when it is used or dropped.
+/// - HTTP/1.1: when every connection is busy, `poll_ready` returns `Pending`
+///   and the clone waits in line. A connection that comes free is reserved
+///   for the clone that has waited longest, and wakes only it, so callers
+///   are served in arrival order. Poll a waiting clone again when woken, or
+///   drop it: a connection reserved for it goes to the next in line then.
 ///
 /// The request's URI may be a path or a full URI naming the service; see
 /// [`HttpEndpointBuilder::authority`] for what the server sees.
