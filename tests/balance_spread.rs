@@ -44,6 +44,62 @@ async fn a_slow_endpoint_gets_under_ten_percent() {
     assert!(share < 0.10, "slow pod took {:.1} %", share * 100.0);
 }
 
+/// A pod that answered in 2 s for a while (a GC pause, a frozen process)
+/// and then recovered: its 2 s peak would keep it out of picks against
+/// 1 ms pods until it decays, about 50 s at the default decay. A probe one
+/// tenth of the decay after its last answer brings it back instead.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_that_recovers_from_a_long_peak_gets_its_share_back_within_seconds() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    drive(&lb, 8, 200).await;
+
+    pods[3].set_latency(2_000 * MS);
+    drive(&lb, 8, 200).await;
+    assert!(
+        stats_of(&lb, &pods[3]).rtt >= 1_900 * MS,
+        "{:?}",
+        stats_of(&lb, &pods[3])
+    );
+    pods[3].set_latency(MS);
+
+    // About 3 s of load (8 callers, 1 ms requests).
+    let before = pods[3].calls();
+    drive(&lb, 8, 3_000).await;
+    let share = (pods[3].calls() - before) as f64 / 24_000.0;
+    eprintln!("recovered pod: {:.1} % of 24 000", share * 100.0);
+    assert!(
+        share > 0.10,
+        "the recovered pod got {:.1} % of the requests",
+        share * 100.0
+    );
+}
+
+/// A pod that stays slow gets probes at growing intervals and nothing else:
+/// in 30 s of load, a handful of requests besides those it got while it was
+/// still unmeasured.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_that_stays_slow_gets_only_backed_off_probes() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
+    pods[3].set_latency(1_000 * MS);
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    drive(&lb, 8, 100).await;
+    let before = pods[3].calls();
+
+    // 30 s of load: probes at about 1, 3, 7, 15 and 31 s after its last answer.
+    drive(&lb, 8, 3_000).await;
+    let probes = pods[3].calls() - before;
+    eprintln!("slow pod: {probes} requests in 30 s");
+    assert!(
+        (1..=6).contains(&probes),
+        "the slow pod got {probes} requests in 30 s"
+    );
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_new_endpoint_starts_from_its_peers_estimate_and_gets_its_fair_share() {
     let (lb, tx) = balancer(Balancer::builder());

@@ -576,12 +576,12 @@ async fn a_process_frozen_with_sigstop_is_avoided_and_serves_again_after_sigcont
     .await;
     let dns = DnsServer::start().await.unwrap();
     dns.set_ips(SERVICE, &[ip(net, 1), ip(net, 2), ip(net, 3)], 0);
-    // A short peak-EWMA decay: the 500 ms timeouts raise the frozen
-    // process's RTT estimate to 500 ms, and with the default 10 s decay it
-    // would take ~50 s to compete with 1 ms pods again.
+    // The default 10 s decay: the timeouts and the backlog raise the frozen
+    // process's RTT estimate to seconds, which would take about a minute to
+    // decay below 1 ms pods; probes (every 1, 2, 4 … s while it is idle)
+    // bring it back instead.
     let client: Client = builder(&dns, Protocol::Http1)
         .request_timeout(Some(Duration::from_millis(500)))
-        .decay(Duration::from_millis(500))
         .build(&target(port))
         .unwrap();
     let addrs = [pods[0].addr(), pods[1].addr(), echo.addr];
@@ -618,15 +618,15 @@ async fn a_process_frozen_with_sigstop_is_avoided_and_serves_again_after_sigcont
     echo.signal("-CONT");
     let resumed = Instant::now();
     let served_before = pods[0].requests() + pods[1].requests();
-    // Requests picked for it after SIGCONT. Its backlog, answered now,
-    // took ~2 s each: that RTT must decay (500 ms decay here) before P2C
-    // picks it against 1 ms pods again, which takes a few seconds of
-    // however many requests the machine manages meanwhile.
+    // Requests picked for it after SIGCONT: the next probe (at most 4 s
+    // away, see above) is answered fast, its RTT replaces the estimate, and
+    // the process competes again.
     let dispatched_at_resume = stats_of(&client, echo.addr).requests;
     wait_for(DEADLINE, "the process to be picked again", || {
         stats_of(&client, echo.addr).requests > dispatched_at_resume + 10
     })
     .await;
+    let back_after = resumed.elapsed();
     load_flows(&load, 200).await;
     assert!(pods[0].requests() + pods[1].requests() > served_before);
     let outcomes = load.finish().await;
@@ -644,7 +644,7 @@ async fn a_process_frozen_with_sigstop_is_avoided_and_serves_again_after_sigcont
     let failed = failures(&outcomes);
     eprintln!(
         "SIGSTOP: {during} requests in 2 s frozen, {to_frozen} sent to the frozen process, \
-         {} failed; {served_after} served by it after SIGCONT",
+         {} failed; picked again {back_after:?} after SIGCONT; {served_after} served by it after SIGCONT",
         failed.len()
     );
     assert!(

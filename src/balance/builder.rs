@@ -114,6 +114,12 @@ impl Builder {
     }
 
     /// The peak-EWMA decay period: how fast an estimate forgets a peak [10 s].
+    ///
+    /// It also paces probes: an endpoint that no request went to for
+    /// `decay / 10` (1 s), because of an old peak, gets one request whose
+    /// RTT replaces its estimate, so that a pod that recovered from a stall
+    /// competes again at once. Each probe doubles the wait for the next, up
+    /// to `4 × decay`, until the endpoint wins picks on its estimate again.
     pub fn decay(mut self, decay: Duration) -> Self {
         self.config.decay = decay;
         self

@@ -165,7 +165,8 @@ impl<S> Endpoint<S> {
         moved
     }
 
-    /// P2C's costs of two endpoints: RTT estimate × (pending + 1).
+    /// P2C's choice between two endpoints: the one with the lower RTT
+    /// estimate × (pending + 1); ties go to `a`. Returns it with both costs.
     ///
     /// An endpoint with no response yet is taken to be as fast as the one it
     /// is compared with, so that pending requests alone decide: a new or
@@ -173,21 +174,48 @@ impl<S> Endpoint<S> {
     /// is worth. (Its prior, the peers' median or `default_rtt`, is a guess
     /// that goes stale: against peers measured at 1 ms, a 30 ms prior would
     /// keep a healthy pod unpicked until it decayed, for half a minute.)
+    /// An idle endpoint due a probe (see [`PeakEwma`]) is compared the same
+    /// way; if chosen, its probe starts. An endpoint chosen on its measured
+    /// estimate against a measured one competes again, which resets its
+    /// probe interval.
     ///
     /// One nanosecond is added to the estimates so that pending requests
     /// still count when the measured RTT is zero (a paused clock, an
     /// in-process service).
-    pub(crate) fn costs(a: &Self, b: &Self, now: Instant) -> (f64, f64) {
-        let (rtt_a, rtt_b) = match (a.load.rtt.measured_ns(now), b.load.rtt.measured_ns(now)) {
-            (Some(ra), Some(rb)) => (ra, rb),
-            (Some(r), None) | (None, Some(r)) => (r, r),
-            (None, None) => (a.load.rtt.estimate_ns(now), b.load.rtt.estimate_ns(now)),
+    pub(crate) fn choose<'a>(a: &'a Self, b: &'a Self, now: Instant) -> (&'a Self, f64, f64) {
+        let (pending_a, pending_b) = (
+            a.load.pending.load(Ordering::Relaxed),
+            b.load.pending.load(Ordering::Relaxed),
+        );
+        let measured = |e: &Self, pending: usize| {
+            if e.load.rtt.probe_due(pending, now) {
+                None
+            } else {
+                e.load.rtt.measured_ns(now)
+            }
         };
-        let cost = |e: &Self, rtt: f64| {
-            let pending = e.load.pending.load(Ordering::Relaxed) as f64;
-            (rtt + 1.0) * (pending + 1.0)
+        let (rtt_a, rtt_b, both_measured) = match (measured(a, pending_a), measured(b, pending_b)) {
+            (Some(ra), Some(rb)) => (ra, rb, true),
+            (Some(r), None) | (None, Some(r)) => (r, r, false),
+            (None, None) => (
+                a.load.rtt.estimate_ns(now),
+                b.load.rtt.estimate_ns(now),
+                false,
+            ),
         };
-        (cost(a, rtt_a), cost(b, rtt_b))
+        let cost = |rtt: f64, pending: usize| (rtt + 1.0) * (pending as f64 + 1.0);
+        let (cost_a, cost_b) = (cost(rtt_a, pending_a), cost(rtt_b, pending_b));
+        let (chosen, pending) = if cost_a <= cost_b {
+            (a, pending_a)
+        } else {
+            (b, pending_b)
+        };
+        if both_measured {
+            chosen.load.rtt.competitive();
+        } else if chosen.load.rtt.probe_due(pending, now) {
+            chosen.load.rtt.start_probe(now);
+        }
+        (chosen, cost_a, cost_b)
     }
 
     pub(crate) fn stats(&self, now: Instant) -> EndpointStats {

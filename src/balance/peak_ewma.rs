@@ -34,6 +34,20 @@ use tokio::time::Instant;
 ///   29 ms estimate through a 2 000-request run, and a pod 50 ms slower got
 ///   1.3 % of the requests instead of a handful.)
 ///
+/// And one addition, about an endpoint nobody picks: a probe. Once an
+/// estimate has gone [`probe_interval`](PeakEwma::probe_due) without an
+/// observation and the endpoint has no request in flight, P2C compares it
+/// by pending requests alone, as if unmeasured, so one request goes to it,
+/// and that request's RTT replaces the estimate instead of being averaged
+/// in. A pod that hung for two seconds and recovered thus gets its share
+/// back about `decay / 10` later, instead of after its 2 s peak decays
+/// below its peers' 1 ms (about 50 s at the default 10 s decay); a pod that
+/// is still slow answers the probe slowly and keeps its high estimate. The
+/// interval starts at `decay / 10` and doubles with every probe, up to
+/// `4 × decay`, until the endpoint wins a pick on its estimate again; so a
+/// pod that stays slow, or hung, costs a probe at 1, 3, 7, 15 … s and then
+/// one per 40 s, a vanishing share at any request rate.
+///
 /// Cost: a read is two relaxed atomic loads and an `exp`; no lock. Writes
 /// (one per response) serialise on a per-endpoint mutex so that concurrent
 /// responses do not lose updates. A reader may see a new estimate with the
@@ -51,6 +65,13 @@ pub(crate) struct PeakEwma {
     stamp_ns: AtomicU64,
     /// Set by the first observation.
     measured: AtomicBool,
+    /// The next observation replaces the estimate: it answers a probe.
+    probing: AtomicBool,
+    /// Nanoseconds since `epoch` when the last probe was sent.
+    probed_ns: AtomicU64,
+    /// The current probe interval in nanoseconds, from `decay / 10` up to
+    /// `4 × decay`.
+    probe_interval_ns: AtomicU64,
     update: Mutex<()>,
 }
 
@@ -69,7 +90,63 @@ impl PeakEwma {
             rtt_ns: AtomicU64::new(nanos(initial).to_bits()),
             stamp_ns: AtomicU64::new(0),
             measured: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            probed_ns: AtomicU64::new(0),
+            probe_interval_ns: AtomicU64::new(0),
             update: Mutex::new(()),
+        }
+        .with_base_probe_interval()
+    }
+
+    fn with_base_probe_interval(self) -> Self {
+        self.probe_interval_ns
+            .store(self.base_probe_ns(), Ordering::Relaxed);
+        self
+    }
+
+    fn base_probe_ns(&self) -> u64 {
+        (self.decay_ns / 10.0) as u64
+    }
+
+    fn max_probe_ns(&self) -> u64 {
+        (self.decay_ns * 4.0) as u64
+    }
+
+    /// True when the endpoint, idle (`pending == 0`), is due a probe: it was
+    /// measured, nothing was observed for the probe interval, and the last
+    /// probe is at least that long ago.
+    pub(crate) fn probe_due(&self, pending: usize, now: Instant) -> bool {
+        if pending != 0 || !self.measured.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now_ns = self.since_epoch(now);
+        let interval = self.probe_interval_ns.load(Ordering::Relaxed);
+        let quiet_since = self
+            .stamp_ns
+            .load(Ordering::Relaxed)
+            .max(self.probed_ns.load(Ordering::Relaxed));
+        now_ns.saturating_sub(quiet_since) >= interval
+    }
+
+    /// The pick chose this endpoint as a probe: its next observation
+    /// replaces the estimate, and the next probe waits twice as long.
+    pub(crate) fn start_probe(&self, now: Instant) {
+        self.probing.store(true, Ordering::Relaxed);
+        self.probed_ns
+            .store(self.since_epoch(now), Ordering::Relaxed);
+        let interval = self.probe_interval_ns.load(Ordering::Relaxed);
+        self.probe_interval_ns.store(
+            interval.saturating_mul(2).min(self.max_probe_ns()),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The endpoint won a pick on its measured estimate: it competes again,
+    /// so its probe interval is back to the shortest.
+    pub(crate) fn competitive(&self) {
+        let base = self.base_probe_ns();
+        if self.probe_interval_ns.load(Ordering::Relaxed) != base {
+            self.probe_interval_ns.store(base, Ordering::Relaxed);
         }
     }
 
@@ -108,6 +185,9 @@ impl PeakEwma {
         self.stamp_ns
             .store(self.since_epoch(now), Ordering::Relaxed);
         self.measured.store(false, Ordering::Relaxed);
+        self.probing.store(false, Ordering::Relaxed);
+        self.probe_interval_ns
+            .store(self.base_probe_ns(), Ordering::Relaxed);
     }
 
     fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
@@ -116,7 +196,9 @@ impl PeakEwma {
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
         let now_ns = self.since_epoch(now);
         let rtt = nanos(rtt);
-        let first = !self.measured.load(Ordering::Relaxed);
+        // A probe's answer (or its abandonment) ends the probe.
+        let probe = self.probing.swap(false, Ordering::Relaxed) && !lower_bound;
+        let first = !self.measured.load(Ordering::Relaxed) || probe;
         let current = prior * (-(now_ns.saturating_sub(stamp) as f64) / self.decay_ns).exp();
         let next = if lower_bound && rtt <= current {
             return;
@@ -225,6 +307,68 @@ mod tests {
         assert_eq!(ewma.estimate_ns(Instant::now()), 2.0 * MS);
         ewma.observe(Duration::from_millis(3), Instant::now());
         assert_eq!(ewma.measured_ns(Instant::now()), Some(3.0 * MS));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_idle_measured_endpoint_is_due_a_probe_after_a_tenth_of_the_decay() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        assert!(!ewma.probe_due(0, Instant::now()), "unmeasured: no probe");
+        ewma.observe(Duration::from_secs(2), Instant::now());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(ewma.probe_due(0, Instant::now()));
+        assert!(
+            !ewma.probe_due(1, Instant::now()),
+            "not with a request in flight"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_probes_answer_replaces_the_estimate() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe(Duration::from_secs(2), Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ewma.start_probe(Instant::now());
+        ewma.observe(Duration::from_millis(1), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), Some(MS));
+        // Only the probe's answer: the next one is averaged in again.
+        ewma.observe(Duration::from_micros(500), Instant::now());
+        let got = ewma.estimate_ns(Instant::now());
+        assert!(got > 0.5 * MS && got < MS, "{got}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_abandoned_probe_raises_the_estimate_and_ends_the_probe() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe(Duration::from_millis(200), Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ewma.start_probe(Instant::now());
+        ewma.observe_at_least(Duration::from_millis(500), Instant::now());
+        assert_eq!(ewma.measured_ns(Instant::now()), Some(500.0 * MS));
+        ewma.observe(Duration::from_millis(1), Instant::now());
+        let got = ewma.estimate_ns(Instant::now());
+        assert!(got > 400.0 * MS, "averaged, not replaced: {got}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn probes_back_off_up_to_four_decays_until_the_endpoint_competes() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe(Duration::from_secs(1), Instant::now());
+        let mut gaps = Vec::new();
+        let mut last = Instant::now();
+        for _ in 0..8 {
+            while !ewma.probe_due(0, Instant::now()) {
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            gaps.push((Instant::now() - last).as_secs());
+            last = Instant::now();
+            ewma.start_probe(Instant::now());
+        }
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 40, 40]);
+        ewma.competitive();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(ewma.probe_due(0, Instant::now()), "back to 1 s");
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -51,9 +51,8 @@ pub(crate) fn p2c<S>(
                 let (ea, eb) = (&candidates[a], &candidates[b]);
                 match (ok(ea), ok(eb)) {
                     (true, true) => {
-                        let now = Instant::now();
-                        let (ca, cb) = Endpoint::costs(ea, eb, now);
-                        let chosen = if ca <= cb { ea } else { eb };
+                        let (chosen, ca, cb) = Endpoint::choose(ea, eb, Instant::now());
+                        let chosen = if std::ptr::eq(chosen, &**ea) { ea } else { eb };
                         tracing::trace!(
                             a.endpoint = %ea.addr,
                             a.cost = ca,
