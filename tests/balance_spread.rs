@@ -2,10 +2,13 @@
 
 mod balance_support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use balance_support::*;
 use headless_lb::balance::{Balancer, DEFAULT_RTT};
+use tower::ServiceExt;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -98,6 +101,46 @@ async fn a_pod_that_stays_slow_gets_only_backed_off_probes() {
         (1..=6).contains(&probes),
         "the slow pod got {probes} requests in 30 s"
     );
+}
+
+/// A pod that stops answering (no client timeout to give up on it): each
+/// request it holds counts as pending, and the oldest one's wait is a lower
+/// bound of its RTT, so its cost grows by the moment and P2C stops sending
+/// to it after the first few (2-3 of 8 callers here). Without the wait in the cost, its idle
+/// estimate decays towards zero while it holds requests, and it captures
+/// every caller within seconds.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_that_stops_answering_holds_at_most_a_few_callers() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    drive(&lb, 8, 50).await;
+
+    pods[3].set_mode(Mode::Hang);
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (lb, done) = (lb.clone(), done.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    lb.clone().oneshot(w * 1_000_000 + i).await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let last_10s = done.load(Ordering::Relaxed) - before;
+    let held = stats_of(&lb, &pods[3]).pending;
+    workers.iter().for_each(|w| w.abort());
+
+    eprintln!("hung pod holds {held} of 8 callers; {last_10s} requests in the last 10 s");
+    assert!(held <= 4, "the hung pod holds {held} of 8 callers");
+    // The callers it does not hold go on: four or more at 10 ms a request.
+    assert!(last_10s >= 4_000, "{last_10s} requests in the last 10 s");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

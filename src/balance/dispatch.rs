@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
 
 use super::completion::{Completion, PendingGuard};
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, Load};
 use super::handle::Balancer;
 use super::not_sent::NotSent;
 use crate::error::BalanceError;
@@ -64,12 +64,14 @@ where
 
         endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
+        let waiting = Waiting::start(&endpoint.load, sent_at);
         let abandoned = Abandoned {
             guard: &guard,
             sent_at,
         };
         let result = service.call(request).await;
         std::mem::forget(abandoned);
+        drop(waiting);
         match result {
             Ok(response) => {
                 let now = Instant::now();
@@ -98,6 +100,24 @@ where
                 }
             }
         }
+    }
+}
+
+/// Counts a request as waiting for its response on its endpoint (see
+/// [`Load::waited_ns`]) until dropped: when the response or an error
+/// arrives, or the request future is dropped.
+struct Waiting<'a>(&'a Load);
+
+impl<'a> Waiting<'a> {
+    fn start(load: &'a Load, now: Instant) -> Self {
+        load.wait_started(now);
+        Self(load)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.wait_ended(Instant::now());
     }
 }
 

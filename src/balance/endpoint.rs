@@ -78,6 +78,13 @@ pub(crate) struct Load {
     /// The run of failures that takes the endpoint out of picks; 0: never.
     accrual: u32,
     pub(crate) rtt: PeakEwma,
+    /// Requests sent and still waiting for their response (its head).
+    awaiting: AtomicUsize,
+    /// Nanoseconds since `epoch` when `awaiting` last rose from 0.
+    busy_since_ns: AtomicU64,
+    /// Nanoseconds since `epoch` when a wait last ended (a response, an
+    /// error, or the caller giving up).
+    answered_ns: AtomicU64,
     last_warn_ns: AtomicU64,
     epoch: Instant,
 }
@@ -126,6 +133,9 @@ impl<S> Endpoint<S> {
                 streak: AtomicU32::new(0),
                 accrual: failure_accrual,
                 rtt: PeakEwma::new(initial_rtt, decay),
+                awaiting: AtomicUsize::new(0),
+                busy_since_ns: AtomicU64::new(0),
+                answered_ns: AtomicU64::new(0),
                 last_warn_ns: AtomicU64::new(0),
                 epoch: Instant::now(),
             },
@@ -174,6 +184,10 @@ impl<S> Endpoint<S> {
     /// is worth. (Its prior, the peers' median or `default_rtt`, is a guess
     /// that goes stale: against peers measured at 1 ms, a 30 ms prior would
     /// keep a healthy pod unpicked until it decayed, for half a minute.)
+    /// The RTT compared is never less than the wait of the endpoint's oldest
+    /// unanswered request ([`Load::waited_ns`]): a pod that stopped
+    /// answering looks slower by the moment, where its estimate alone would
+    /// decay towards zero while it holds requests.
     /// An idle endpoint due a probe (see [`PeakEwma`]) is compared the same
     /// way; if chosen, its probe starts. An endpoint chosen on its measured
     /// estimate against a measured one competes again, which resets its
@@ -203,6 +217,12 @@ impl<S> Endpoint<S> {
                 false,
             ),
         };
+        // A request already waiting longer than the estimate will take at
+        // least that long: a stalled endpoint looks slower by the moment.
+        let (rtt_a, rtt_b) = (
+            rtt_a.max(a.load.waited_ns(now)),
+            rtt_b.max(b.load.waited_ns(now)),
+        );
         let cost = |rtt: f64, pending: usize| (rtt + 1.0) * (pending as f64 + 1.0);
         let (cost_a, cost_b) = (cost(rtt_a, pending_a), cost(rtt_b, pending_b));
         let (chosen, pending) = if cost_a <= cost_b {
@@ -243,6 +263,47 @@ impl<S> fmt::Debug for Endpoint<S> {
 // ===== impl Load =====
 
 impl Load {
+    fn since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// A request was sent and waits for its response; pair with
+    /// [`wait_ended`](Self::wait_ended).
+    pub(crate) fn wait_started(&self, now: Instant) {
+        if self.awaiting.load(Ordering::Relaxed) == 0 {
+            self.busy_since_ns
+                .store(self.since_epoch(now), Ordering::Relaxed);
+        }
+        // Release: a reader that sees this request also sees `busy_since_ns`.
+        self.awaiting.fetch_add(1, Ordering::Release);
+    }
+
+    /// A request's wait ended: its response arrived, it failed, or the
+    /// caller gave up on it.
+    pub(crate) fn wait_ended(&self, now: Instant) {
+        self.answered_ns
+            .store(self.since_epoch(now), Ordering::Relaxed);
+        self.awaiting.fetch_sub(1, Ordering::Release);
+    }
+
+    /// A lower bound, in nanoseconds, of how long the oldest request still
+    /// waiting for its response has waited; 0 if none waits.
+    ///
+    /// Since the later of "requests started waiting" and "a wait last
+    /// ended", no wait ended and at least one request was waiting: that
+    /// request is still waiting, and has waited at least this long. Cost:
+    /// three atomic loads, no per-request bookkeeping beyond two counters.
+    pub(crate) fn waited_ns(&self, now: Instant) -> f64 {
+        if self.awaiting.load(Ordering::Acquire) == 0 {
+            return 0.0;
+        }
+        let since = self
+            .busy_since_ns
+            .load(Ordering::Relaxed)
+            .max(self.answered_ns.load(Ordering::Relaxed));
+        self.since_epoch(now).saturating_sub(since) as f64
+    }
+
     /// Counts one failed request; true when it completes a run of
     /// `failure_accrual` failures in a row (or extends one).
     pub(crate) fn record_failure(&self) -> bool {
