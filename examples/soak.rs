@@ -333,8 +333,22 @@ async fn step(
             world.listed.insert(slot);
             publish(dns, world);
         }
+        // Never below MIN_PODS listed and running: removing a running pod
+        // while a killed one stays listed could leave DNS listing no live pod.
         "scale down" if world.listed.len() > MIN_PODS => {
-            let slot = *rng.choice(world.listed.iter()).unwrap();
+            let removable: Vec<u8> = if running.len() > MIN_PODS {
+                world.listed.iter().copied().collect()
+            } else {
+                world
+                    .listed
+                    .iter()
+                    .copied()
+                    .filter(|s| !running.contains(s))
+                    .collect()
+            };
+            let Some(&slot) = rng.choice(removable.iter()) else {
+                return Ok(());
+            };
             // Removed from DNS first; the pod keeps serving its in-flight
             // requests while clients drain, then goes (as in Kubernetes).
             world.listed.remove(&slot);
