@@ -1,6 +1,8 @@
 //! `ClientBuilder::connector`: open pod connections with your own
-//! `tower::Service<SocketAddr>`. This is the hook for TLS, proxies, socket
-//! options or metrics; here it sets socket options and counts connections.
+//! `tower::Service<Endpoint>`. This is the hook for TLS of your own, proxies,
+//! socket options or metrics; here it sets socket options and counts
+//! connections. The `Endpoint` names the pod's address and the service's
+//! name (what a TLS connector verifies and sends as SNI).
 //!
 //! Self-contained: starts an in-process DNS server and two pods on 127.0.0.x.
 //!
@@ -10,14 +12,15 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use headless_lb::http::Client;
+use headless_lb::Endpoint;
+use headless_lb::http::{Client, HttpEndpoint};
 use headless_lb::testing::{DnsServer, Pod};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -29,7 +32,7 @@ struct CountingConnector {
     opened: Arc<AtomicUsize>,
 }
 
-impl tower::Service<SocketAddr> for CountingConnector {
+impl tower::Service<Endpoint> for CountingConnector {
     type Response = TokioIo<TcpStream>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
@@ -38,15 +41,19 @@ impl tower::Service<SocketAddr> for CountingConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, addr: SocketAddr) -> Self::Future {
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
         let opened = self.opened.clone();
+        let addr = endpoint.addr();
         Box::pin(async move {
             let stream = TcpStream::connect(addr).await?;
             // Socket options go here; a TLS connector would wrap `stream` in
             // a handshake and return the TLS stream instead.
             stream.set_nodelay(true)?;
             let n = opened.fetch_add(1, Ordering::Relaxed) + 1;
-            println!("connector: connection #{n} to {addr}");
+            println!(
+                "connector: connection #{n} to {addr} of {}",
+                endpoint.server_name()
+            );
             Ok(TokioIo::new(stream))
         })
     }
@@ -63,10 +70,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let connector = CountingConnector::default();
     // The request body type must be named along with a custom connector.
-    let client: Client<Full<Bytes>, CountingConnector> = Client::builder()
-        .nameserver(dns.addr())
-        .connector(connector.clone())
-        .build(&format!("web.default.svc.cluster.local:{port}"))?;
+    let client: Client<Full<Bytes>, HttpEndpoint<Full<Bytes>, CountingConnector>> =
+        Client::builder()
+            .nameserver(dns.addr())
+            .connector(connector.clone())
+            .build(&format!("web.default.svc.cluster.local:{port}"))?;
 
     for _ in 0..10 {
         let response = client.get("/").await?;

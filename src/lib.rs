@@ -13,20 +13,25 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod client;
 pub mod discover;
+mod endpoint;
 pub mod error;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod http;
+mod not_sent;
 pub mod resolve;
 pub mod stats;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use balance::{Balancer, EndpointState, EndpointStats, NotSent, PendingGuard};
+pub use balance::{Balancer, EndpointState, EndpointStats, PendingGuard};
 pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
+pub use endpoint::{Endpoint, Layered, MakeEndpoint, MakeEndpointFn, make_endpoint_fn};
 pub use error::{BalanceError, BuildError, RequestError, ResolveError, TargetError};
+pub use not_sent::NotSent;
 pub use resolve::{Resolution, Resolve};
 pub use stats::Stats;
 pub use target::{Host, Target};

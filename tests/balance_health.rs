@@ -5,7 +5,8 @@ mod balance_support;
 use std::time::Duration;
 
 use balance_support::*;
-use headless_lb::balance::{Balancer, EndpointState, NotSent};
+use headless_lb::NotSent;
+use headless_lb::balance::{Balancer, EndpointState};
 use tower::{BoxError, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);

@@ -542,7 +542,7 @@ async fn keepalive_fails_an_rpc_to_a_silent_pod_with_unavailable() {
     let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(300));
     let channel = Channel::builder()
         .nameserver(dns.addr())
-        .keep_alive(Some(interval), timeout)
+        .http2_keep_alive(Some(interval), timeout)
         .build(&format!("{NAME}:{}", addr.port()))
         .unwrap();
 

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use headless_lb::http::{
-    BoxError, ConnectError, HttpEndpoint, HttpEndpointBuilder, NotSent, Protocol, RequestTimeout,
-};
+use headless_lb::http::{ConnectError, HttpEndpoint, HttpEndpointBuilder, Protocol};
 use headless_lb::testing::{AUTHORITY_HEADER, Pod};
+use headless_lb::{Endpoint, MakeEndpoint, NotSent};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
@@ -51,7 +50,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn send(
     svc: &HttpEndpoint<Body>,
     uri: &str,
-) -> Result<(StatusCode, String, String), BoxError> {
+) -> Result<(StatusCode, String, String), tower::BoxError> {
     let response = svc.clone().oneshot(get(uri)).await?;
     let status = response.status();
     let seen = response.headers()[AUTHORITY_HEADER].to_str()?.to_owned();
@@ -59,7 +58,7 @@ async fn send(
     Ok((status, String::from_utf8(body.to_vec())?, seen))
 }
 
-fn connect_error(err: BoxError) -> ConnectError {
+fn connect_error(err: tower::BoxError) -> ConnectError {
     match err.downcast::<ConnectError>() {
         Ok(err) => *err,
         Err(err) => panic!("expected a ConnectError, got {err}"),
@@ -116,7 +115,7 @@ async fn ready_fails_fast_with_a_refused_connect_error_on_a_closed_port() {
 #[derive(Clone)]
 struct Blackhole;
 
-impl Service<SocketAddr> for Blackhole {
+impl Service<Endpoint> for Blackhole {
     type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -125,7 +124,7 @@ impl Service<SocketAddr> for Blackhole {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: SocketAddr) -> Self::Future {
+    fn call(&mut self, _: Endpoint) -> Self::Future {
         Box::pin(std::future::pending())
     }
 }
@@ -240,7 +239,7 @@ async fn one_busy_connection(
 ) -> (
     Pod,
     HttpEndpoint<Body>,
-    tokio::task::JoinHandle<Result<StatusCode, BoxError>>,
+    tokio::task::JoinHandle<Result<StatusCode, tower::BoxError>>,
 ) {
     let pod = Pod::start(addr(ip)).await.unwrap();
     pod.set_hang(true);
@@ -325,7 +324,7 @@ async fn a_waiter_dropped_after_the_handover_passes_the_connection_on() {
     assert_eq!(pod.connections(), 1);
 }
 
-async fn send_owned(svc: HttpEndpoint<Body>) -> Result<StatusCode, BoxError> {
+async fn send_owned(svc: HttpEndpoint<Body>) -> Result<StatusCode, tower::BoxError> {
     let response = svc.oneshot(get("/")).await?;
     Ok(response.status())
 }
@@ -422,27 +421,60 @@ async fn call_without_ready_is_reported_as_not_sent() {
     );
 }
 
-#[tokio::test]
-async fn request_timeout_fails_a_call_the_pod_does_not_answer() {
-    let pod = Pod::start(addr("127.0.0.26:0")).await.unwrap();
-    pod.set_hang(true);
-    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http2)
-        .request_timeout(Some(Duration::from_millis(100)))
-        .make(pod.addr());
-    let err = svc.clone().oneshot(get("/")).await.unwrap_err();
-    let err = err.downcast::<RequestTimeout>().expect("a RequestTimeout");
-    assert_eq!(err.addr(), pod.addr());
+/// Opens plain TCP connections and records the [`Endpoint`] it was asked for.
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Vec<Endpoint>>>);
+
+impl tower::Service<Endpoint> for Recording {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
+        self.0.lock().unwrap().push(endpoint.clone());
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(endpoint.addr()).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 #[tokio::test]
-async fn make_service_builds_one_endpoint_per_address() {
+async fn the_connector_gets_the_pod_address_the_service_name_and_the_protocol() {
+    let pod = Pod::start(addr("127.0.0.26:0")).await.unwrap();
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let seen = Recording::default();
+        let svc: HttpEndpoint<Body, Recording> = HttpEndpointBuilder::new(protocol)
+            .authority("web.default.svc.cluster.local.:8080".parse().unwrap())
+            .connector(seen.clone())
+            .make(pod.addr());
+        let response = svc.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].addr(), pod.addr());
+        assert_eq!(seen[0].server_name(), "web.default.svc.cluster.local");
+        assert_eq!(seen[0].protocol(), protocol);
+    }
+}
+
+#[tokio::test]
+async fn make_endpoint_builds_one_endpoint_per_pod_speaking_the_builders_protocol() {
     let pod = Pod::start(addr("127.0.0.27:0")).await.unwrap();
-    let mut make = HttpEndpointBuilder::new(Protocol::Http1).into_make_service::<Body>();
-    let svc = make.ready().await.unwrap().call(pod.addr()).await.unwrap();
+    let make = HttpEndpointBuilder::new(Protocol::Http2);
+    let pod_endpoint = Endpoint::new(pod.addr(), "web", Protocol::Http1);
+    let svc: HttpEndpoint<Body> =
+        MakeEndpoint::<http::Request<Body>>::make_endpoint(&make, &pod_endpoint);
     assert_eq!(svc.addr(), pod.addr());
+    assert_eq!(svc.protocol(), Protocol::Http2);
     let (status, _, seen) = send(&svc, "/").await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(seen, pod.addr().to_string());
+    assert_eq!(pod.last_version(), Some(http::Version::HTTP_2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

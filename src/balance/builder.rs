@@ -25,9 +25,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_FAILURE_ACCRUAL: u32 = 5;
 /// How many more endpoints a request that was never sent is tried on \[2\].
 pub const DEFAULT_MAX_RETRIES: usize = 2;
-/// The shortest interval between two warnings about the same endpoint or
-/// about discovery [5 s].
-pub const DEFAULT_WARN_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest interval between two warnings about the same endpoint [5 s].
+const WARN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A source of the last discovery error, for [`BalanceError::NoEndpoints`](crate::error::BalanceError::NoEndpoints).
 pub(crate) type LastErrorSource = Arc<dyn Fn() -> Option<String> + Send + Sync + 'static>;
@@ -74,18 +73,7 @@ impl Builder {
     /// A builder with the defaults listed on each setter.
     pub fn new() -> Self {
         Self {
-            config: Config {
-                target: String::from("(unnamed)"),
-                failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,
-                default_rtt: DEFAULT_RTT,
-                decay: DEFAULT_DECAY,
-                backoff_base: DEFAULT_BACKOFF_BASE,
-                backoff_max: DEFAULT_BACKOFF_MAX,
-                max_retries: DEFAULT_MAX_RETRIES,
-                failure_accrual: DEFAULT_FAILURE_ACCRUAL,
-                warn_interval: DEFAULT_WARN_INTERVAL,
-                last_error_source: None,
-            },
+            config: Config::default(),
         }
     }
 
@@ -125,15 +113,11 @@ impl Builder {
         self
     }
 
-    /// The first reconnect delay after a connection failure, doubled on every
-    /// further failure [100 ms].
-    pub fn backoff_base(mut self, base: Duration) -> Self {
+    /// Reconnect backoff of a failed endpoint: the first delay after a
+    /// connection failure is `base`, doubled on every further failure up to
+    /// `max` \[100 ms, 10 s\].
+    pub fn endpoint_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.backoff_base = base;
-        self
-    }
-
-    /// The longest reconnect delay [10 s].
-    pub fn backoff_max(mut self, max: Duration) -> Self {
         self.config.backoff_max = max;
         self
     }
@@ -236,6 +220,23 @@ impl fmt::Debug for Builder {
 }
 
 // ===== impl Config =====
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            target: String::from("(unnamed)"),
+            failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,
+            default_rtt: DEFAULT_RTT,
+            decay: DEFAULT_DECAY,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            max_retries: DEFAULT_MAX_RETRIES,
+            failure_accrual: DEFAULT_FAILURE_ACCRUAL,
+            warn_interval: WARN_INTERVAL,
+            last_error_source: None,
+        }
+    }
+}
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

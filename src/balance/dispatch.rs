@@ -10,8 +10,8 @@ use tower::{BoxError, Service, ServiceExt};
 use super::completion::{Completion, PendingGuard};
 use super::endpoint::{Endpoint, Load};
 use super::handle::Balancer;
-use super::not_sent::NotSent;
 use crate::error::BalanceError;
+use crate::not_sent::NotSent;
 
 /// Serves one request through `balancer`.
 ///

@@ -22,16 +22,16 @@
 //!
 //! What the request path does, in order:
 //!
-//! 1. **Pick.** P2C over the Ready endpoints ([`pick_pair`] draws the pair).
+//! 1. **Pick.** P2C over the Ready endpoints (`pick_pair` draws the pair).
 //!    When every endpoint is backing off, over all of them (panic mode, as in
 //!    Envoy: a wrong health signal must not become an outage). When nothing is
 //!    pickable, wait for the next snapshot, at most `failfast_timeout` in
-//!    total, then fail with [`BalanceError::NoEndpoints`].
+//!    total, then fail with [`BalanceError::NoEndpoints`](crate::BalanceError::NoEndpoints).
 //! 2. **Ready.** `ready()` on a clone of the endpoint's service. If it fails,
 //!    the request was never sent: the endpoint goes to Backoff (the background
 //!    task reconnects it) and the request is tried elsewhere, at most
 //!    `max_retries` more times.
-//! 3. **Call.** If the endpoint service fails with a [`NotSent`] (anywhere in
+//! 3. **Call.** If the endpoint service fails with a [`NotSent`](crate::NotSent) (anywhere in
 //!    the error's source chain) that gives the request back, likewise. Any
 //!    other error is returned ([`BalanceError::Endpoint`]) and never retried:
 //!    the request may have reached a server.
@@ -57,19 +57,16 @@ mod completion;
 mod dispatch;
 mod endpoint;
 mod handle;
-mod not_sent;
 mod peak_ewma;
 mod pick;
 mod snapshot;
 mod task;
 
+pub(crate) use self::builder::Config;
 pub use self::builder::{
     Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_DECAY, DEFAULT_FAILFAST_TIMEOUT,
-    DEFAULT_FAILURE_ACCRUAL, DEFAULT_MAX_RETRIES, DEFAULT_RTT, DEFAULT_WARN_INTERVAL,
+    DEFAULT_FAILURE_ACCRUAL, DEFAULT_MAX_RETRIES, DEFAULT_RTT,
 };
 pub use self::completion::{CompleteOnResponse, Completion, PendingGuard};
 pub use self::endpoint::{EndpointState, EndpointStats};
 pub use self::handle::{Balancer, ResponseFuture};
-pub use self::not_sent::NotSent;
-pub use self::pick::pick_pair;
-pub use crate::error::BalanceError;

@@ -21,7 +21,7 @@ const DRAWS: usize = 4;
 /// # Panics
 ///
 /// If `len < 2`.
-pub fn pick_pair(len: usize, rng: &mut fastrand::Rng) -> (usize, usize) {
+pub(crate) fn pick_pair(len: usize, rng: &mut fastrand::Rng) -> (usize, usize) {
     assert!(
         len >= 2,
         "pick_pair needs at least two candidates, got {len}"
@@ -70,5 +70,28 @@ pub(crate) fn p2c<S>(
             }
             candidates.iter().find(|e| ok(e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_pair;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pick_pair_is_two_distinct_indices_in_range(len in 2usize..100_000, seed: u64) {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let (a, b) = pick_pair(len, &mut rng);
+            prop_assert!(a < len && b < len && a != b);
+        }
+    }
+
+    #[test]
+    fn pick_pair_covers_both_orders_of_two() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pairs: std::collections::HashSet<_> =
+            (0..100).map(|_| pick_pair(2, &mut rng)).collect();
+        assert_eq!(pairs.len(), 2, "{pairs:?}");
     }
 }

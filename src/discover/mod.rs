@@ -16,8 +16,11 @@ mod diff;
 mod dns_discover;
 mod refresh;
 
+#[doc(hidden)]
 pub use self::diff::SetDiff;
-pub use self::dns_discover::{DnsDiscover, MakeFn};
+pub use self::dns_discover::DnsDiscover;
+#[doc(hidden)]
+pub use self::dns_discover::MakeFn;
 pub use self::refresh::{
     Discovery, DiscoveryStats, EmptyAnswer, EndpointSet, Outcome, RefreshPolicy,
 };

@@ -2,19 +2,19 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tower::layer::util::Identity;
+
 use super::body::{CompleteOnStreamEnd, ResponseBody};
-use super::status;
-use crate::balance::Balancer;
-use crate::discover::{Discovery, EmptyAnswer, RefreshPolicy};
+use super::{deadline, status};
+use crate::client::builder_start as start;
+use crate::client::{Balanced, Builder, Grpc};
+use crate::discover::Discovery;
 use crate::error::BuildError;
-use crate::http::{ClientBuilder, Connect, HttpEndpoint, Protocol, TcpConnector};
-use crate::resolve::Resolve;
+use crate::http::{Connect, HttpEndpoint, HttpService, Protocol, TcpConnector};
 use crate::stats::Stats;
 use crate::target::Target;
 
@@ -35,8 +35,10 @@ type RequestBody = tonic::body::Body;
 /// [`tonic::Status`]: `UNAVAILABLE` when no pod was available within
 /// `failfast_timeout` (naming the target and the last DNS error), when no
 /// connection could be made, or when one broke. An RPC that may have reached
-/// a server is never retried by the channel; `grpc-timeout` (a deadline) is
-/// the caller's, set per request.
+/// a server is never retried by the channel. Deadlines are enforced on the
+/// client, as tonic's own channel does: an RPC whose `grpc-timeout` (or the
+/// channel's default [`timeout`](ChannelBuilder::timeout)) runs out before
+/// its response head fails with `DEADLINE_EXCEEDED`.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,16 +51,14 @@ type RequestBody = tonic::body::Body;
 /// println!("{:?} {:?}", reply.into_inner().status(), channel.stats().endpoints);
 /// # Ok(()) }
 /// ```
-pub struct Channel<C = TcpConnector> {
-    balancer:
-        Balancer<http::Request<RequestBody>, HttpEndpoint<RequestBody, C>, CompleteOnStreamEnd>,
-    discovery: Discovery,
+pub struct Channel<S = HttpEndpoint<RequestBody>> {
+    inner: Balanced<http::Request<RequestBody>, S, CompleteOnStreamEnd>,
+    default_timeout: Option<Duration>,
 }
 
-/// Configures a [`Channel`]. Every setting has a documented default.
-pub struct ChannelBuilder<C = TcpConnector> {
-    client: ClientBuilder<C>,
-}
+/// Configures a [`Channel`]: the crate's one [`Builder`] with the gRPC
+/// preset (HTTP/2). Every setting has a documented default.
+pub type ChannelBuilder<C = TcpConnector, L = Identity> = Builder<Grpc, C, L>;
 
 /// The future a [`Channel`] returns.
 pub type ResponseFuture = Pin<
@@ -67,113 +67,20 @@ pub type ResponseFuture = Pin<
 
 // ===== impl ChannelBuilder =====
 
-impl Default for ChannelBuilder {
+impl Default for Builder<Grpc> {
     fn default() -> Self {
-        Self {
-            client: ClientBuilder::default().protocol(Protocol::Http2),
-        }
+        Builder::with_protocol(Protocol::Http2)
     }
 }
 
-impl<C> ChannelBuilder<C> {
-    /// How long opening a connection to a pod may take \[1 s\].
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.client = self.client.connect_timeout(timeout);
+impl<C, L> Builder<Grpc, C, L> {
+    /// The deadline of every RPC that does not carry one \[none, as in
+    /// tonic\]. An RPC's own `grpc-timeout` (tonic's
+    /// `Request::set_timeout`) wins when it is shorter. The channel sends
+    /// the deadline as `grpc-timeout`, so the pod can give up too.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = Some(timeout);
         self
-    }
-
-    /// PING a connection that received nothing for `interval` while an RPC
-    /// is open, and close it (failing its RPCs with `UNAVAILABLE`) when the
-    /// PING goes unanswered for `timeout` \[none, 20 s\].
-    ///
-    /// Finds a pod that vanished without closing its sockets (a node crash)
-    /// while a stream waits on it. gRPC servers allow one PING per 5 minutes
-    /// by default and close connections that ping more often; raise their
-    /// limit (`permit_keepalive_time`, grpc-go's `EnforcementPolicy`) before
-    /// pinging more often.
-    pub fn keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
-        self.client = self.client.http2_keep_alive(interval, timeout);
-        self
-    }
-
-    /// Keepalive PINGs also while no RPC is open \[false\].
-    pub fn keep_alive_while_idle(mut self, enabled: bool) -> Self {
-        self.client = self.client.http2_keep_alive_while_idle(enabled);
-        self
-    }
-
-    /// How long an RPC waits for any pod before failing with `UNAVAILABLE`
-    /// \[3 s\].
-    pub fn failfast_timeout(mut self, timeout: Duration) -> Self {
-        self.client = self.client.failfast_timeout(timeout);
-        self
-    }
-
-    /// The RTT assumed for the first pod, before any measurement \[30 ms\].
-    pub fn default_rtt(mut self, rtt: Duration) -> Self {
-        self.client = self.client.default_rtt(rtt);
-        self
-    }
-
-    /// The peak-EWMA decay time \[10 s\].
-    pub fn decay(mut self, decay: Duration) -> Self {
-        self.client = self.client.decay(decay);
-        self
-    }
-
-    /// Reconnect backoff of a failed pod: `base` doubling to `max` \[100 ms, 10 s\].
-    pub fn endpoint_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.client = self.client.endpoint_backoff(base, max);
-        self
-    }
-
-    /// Extra pods an RPC that was never sent may be tried on \[2\].
-    pub fn max_retries(mut self, retries: usize) -> Self {
-        self.client = self.client.max_retries(retries);
-        self
-    }
-
-    /// Failed RPCs in a row (errors, `UNAVAILABLE`, broken streams) that
-    /// take a pod out of picks for a backoff \[5\]; 0 turns this off. See
-    /// [`balance::Builder::failure_accrual`](crate::balance::Builder::failure_accrual).
-    pub fn failure_accrual(mut self, failures: u32) -> Self {
-        self.client = self.client.failure_accrual(failures);
-        self
-    }
-
-    /// DNS refresh schedule and backoff [`RefreshPolicy::default`].
-    pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
-        self.client = self.client.refresh_policy(policy);
-        self
-    }
-
-    /// What NXDOMAIN or an empty answer does [`EmptyAnswer::KeepLastGood`].
-    pub fn empty_answer(mut self, empty_answer: EmptyAnswer) -> Self {
-        self.client = self.client.empty_answer(empty_answer);
-        self
-    }
-
-    /// Ask this DNS server (UDP and TCP) instead of the ones in
-    /// `/etc/resolv.conf`; repeatable \[system configuration\].
-    pub fn nameserver(mut self, nameserver: SocketAddr) -> Self {
-        self.client = self.client.nameserver(nameserver);
-        self
-    }
-
-    /// Resolve with this resolver instead of one built from the system
-    /// configuration.
-    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
-        self.client = self.client.resolver(resolver);
-        self
-    }
-
-    /// Opens pod connections with `connector` (TLS, socket options, metrics)
-    /// [`TcpConnector`: plain TCP with `TCP_NODELAY`]; see
-    /// [`ClientBuilder::connector`].
-    pub fn connector<C2>(self, connector: C2) -> ChannelBuilder<C2> {
-        ChannelBuilder {
-            client: self.client.connector(connector),
-        }
     }
 
     /// Starts discovery and the balancer for `target` (any [`Target`] form,
@@ -184,9 +91,11 @@ impl<C> ChannelBuilder<C> {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn build(self, target: &str) -> Result<Channel<C>, BuildError>
+    pub fn build(self, target: &str) -> Result<Channel<L::Service>, BuildError>
     where
         C: Connect,
+        L: tower::Layer<HttpEndpoint<RequestBody, C>> + Clone + Send + Sync + 'static,
+        L::Service: HttpService<RequestBody>,
     {
         self.build_target(target.parse()?)
     }
@@ -195,23 +104,19 @@ impl<C> ChannelBuilder<C> {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn build_target(self, target: Target) -> Result<Channel<C>, BuildError>
+    pub fn build_target(self, target: Target) -> Result<Channel<L::Service>, BuildError>
     where
         C: Connect,
+        L: tower::Layer<HttpEndpoint<RequestBody, C>> + Clone + Send + Sync + 'static,
+        L::Service: HttpService<RequestBody>,
     {
-        let (balancer, discovery) = self.client.build_balancer(target, CompleteOnStreamEnd)?;
+        let (settings, make) = self.http_maker(&target)?;
+        let default_timeout = settings.request_timeout;
+        let inner = start(settings, target, make, CompleteOnStreamEnd)?;
         Ok(Channel {
-            balancer,
-            discovery,
+            inner,
+            default_timeout,
         })
-    }
-}
-
-impl<C> fmt::Debug for ChannelBuilder<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChannelBuilder")
-            .field("client", &self.client)
-            .finish()
     }
 }
 
@@ -224,23 +129,20 @@ impl Channel {
     }
 }
 
-impl<C> Channel<C> {
+impl<S> Channel<S> {
     /// Every pod's state and load (pending RPCs include open streams), and
     /// the discovery state.
     pub fn stats(&self) -> Stats {
-        Stats {
-            endpoints: self.balancer.stats(),
-            discovery: self.discovery.stats(),
-        }
+        self.inner.stats()
     }
 
     /// The discovery feeding this channel: its current endpoint set and stats.
     pub fn discovery(&self) -> &Discovery {
-        &self.discovery
+        self.inner.discovery()
     }
 }
 
-impl<C: Connect> tower::Service<http::Request<RequestBody>> for Channel<C> {
+impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for Channel<S> {
     type Response = http::Response<ResponseBody>;
     type Error = tonic::Status;
     type Future = ResponseFuture;
@@ -251,25 +153,43 @@ impl<C: Connect> tower::Service<http::Request<RequestBody>> for Channel<C> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<RequestBody>) -> ResponseFuture {
-        let call = tower::Service::call(&mut self.balancer, request);
-        Box::pin(async move { call.await.map_err(status::from_balance_error) })
+    /// Sends the RPC to one pod; with a deadline (`grpc-timeout`, or the
+    /// channel's [`timeout`](ChannelBuilder::timeout)), fails with
+    /// `DEADLINE_EXCEEDED` when no response head arrived in time. The pod is
+    /// not marked as failed for it: the abandoned RPC only raises its RTT
+    /// estimate to the time it waited, as any slow answer would.
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> ResponseFuture {
+        let deadline = deadline::effective(&mut request, self.default_timeout);
+        let call = tower::Service::call(&mut self.inner, request);
+        let Some(after) = deadline else {
+            return Box::pin(async move { call.await.map_err(status::from_balance_error) });
+        };
+        let target = self.inner.target_name().to_owned();
+        Box::pin(async move {
+            match tokio::time::timeout(after, call).await {
+                Ok(result) => result.map_err(status::from_balance_error),
+                Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
+                    "deadline of {after:?} exceeded before {target} answered"
+                ))),
+            }
+        })
     }
 }
 
-impl<C> Clone for Channel<C> {
+impl<S> Clone for Channel<S> {
     fn clone(&self) -> Self {
         Self {
-            balancer: self.balancer.clone(),
-            discovery: self.discovery.clone(),
+            inner: self.inner.clone(),
+            default_timeout: self.default_timeout,
         }
     }
 }
 
-impl<C> fmt::Debug for Channel<C> {
+impl<S> fmt::Debug for Channel<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
-            .field("target", &self.balancer.target_name())
+            .field("target", &self.inner.target_name())
+            .field("timeout", &self.default_timeout)
             .finish_non_exhaustive()
     }
 }

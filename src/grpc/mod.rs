@@ -66,6 +66,7 @@
 
 mod body;
 mod channel;
+mod deadline;
 mod status;
 
 pub use self::body::{CompleteOnStreamEnd, ResponseBody};

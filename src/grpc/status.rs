@@ -21,12 +21,16 @@ use crate::http::ConnectError;
 ///   `UNAVAILABLE`; safe to retry.
 /// - The connection failed after the request may have been written:
 ///   `UNAVAILABLE` too (the library does not retry it; the caller decides).
+/// - A per-pod timeout layer (`tower::timeout::TimeoutLayer` through
+///   `endpoint_layer`) ran out: `DEADLINE_EXCEEDED`.
 /// - Anything else (an invalid request): `INTERNAL`.
 ///
 /// The [`BalanceError`] stays reachable as the status's
 /// [`source`](std::error::Error::source) for callers that want the endpoint.
 pub(crate) fn from_balance_error(err: BalanceError) -> Status {
-    let code = if err.is_no_endpoints() || err.is_not_sent() || is_transport(&err) {
+    let code = if is_elapsed(&err) {
+        Code::DeadlineExceeded
+    } else if err.is_no_endpoints() || err.is_not_sent() || is_transport(&err) {
         Code::Unavailable
     } else {
         Code::Internal
@@ -47,11 +51,26 @@ pub(crate) fn from_stream_error(err: hyper::Error, endpoint: Option<SocketAddr>)
     status
 }
 
+/// True when a `tower` timeout layer's error is in `err`'s source chain.
+fn is_elapsed(err: &(dyn StdError + 'static)) -> bool {
+    in_chain(err, |e| e.is::<tower::timeout::error::Elapsed>())
+}
+
 /// True when a connect or connection error is in `err`'s source chain.
 fn is_transport(err: &(dyn StdError + 'static)) -> bool {
+    in_chain(err, |e| {
+        e.is::<ConnectError>() || e.is::<hyper::Error>() || e.is::<std::io::Error>()
+    })
+}
+
+/// True when `found` holds for `err` or any error in its source chain.
+fn in_chain(
+    err: &(dyn StdError + 'static),
+    found: impl Fn(&(dyn StdError + 'static)) -> bool,
+) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if e.is::<ConnectError>() || e.is::<hyper::Error>() || e.is::<std::io::Error>() {
+        if found(e) {
             return true;
         }
         cur = e.source();

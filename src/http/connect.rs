@@ -2,17 +2,18 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::endpoint::Endpoint;
+
 /// Opens a TCP connection to an endpoint, with `TCP_NODELAY` set.
 ///
 /// The default connector of [`HttpEndpointBuilder`](super::HttpEndpointBuilder).
-/// Any `tower::Service<SocketAddr>` whose response implements hyper's
+/// Any `tower::Service<Endpoint>` whose response implements hyper's
 /// [`Read`](hyper::rt::Read) and [`Write`](hyper::rt::Write) can take its place
 /// (TLS, a Unix socket, a fault-injecting wrapper); the connect timeout is
 /// applied around whichever connector is used.
@@ -33,7 +34,7 @@ impl TcpConnector {
     }
 }
 
-impl tower::Service<SocketAddr> for TcpConnector {
+impl tower::Service<Endpoint> for TcpConnector {
     type Response = TokioIo<TcpStream>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
@@ -42,7 +43,8 @@ impl tower::Service<SocketAddr> for TcpConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, addr: SocketAddr) -> Self::Future {
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
+        let addr = endpoint.addr();
         Box::pin(async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;

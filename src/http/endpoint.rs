@@ -1,9 +1,7 @@
 //! [`HttpEndpoint`]: the HTTP client service for one pod, and the builder that makes one per address.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,11 +12,12 @@ use http::uri::Authority;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 
-use super::error::{BoxError, RequestTimeout};
+use super::error::BoxError;
 use super::pool::{Checkout, Conn, Pool};
 use super::rewrite::{Addressing, Restore};
 use super::{Connect, RequestBody, TcpConnector};
-use crate::balance::NotSent;
+use crate::endpoint::{Endpoint, MakeEndpoint};
+use crate::not_sent::NotSent;
 
 /// Default for [`HttpEndpointBuilder::connect_timeout`]: 1 s.
 ///
@@ -47,7 +46,7 @@ pub enum Protocol {
 }
 
 /// Settings shared by every endpoint of a target, and the factory for
-/// [`HttpEndpoint`]s.
+/// [`HttpEndpoint`]s: the default [`MakeEndpoint`] of the clients.
 ///
 /// ```
 /// use headless_lb::http::{HttpEndpointBuilder, Protocol};
@@ -60,13 +59,19 @@ pub enum Protocol {
 /// ```
 #[derive(Clone)]
 pub struct HttpEndpointBuilder<C = TcpConnector> {
-    protocol: Protocol,
     authority: Option<Authority>,
-    connect_timeout: Duration,
-    max_connections: usize,
-    request_timeout: Option<Duration>,
-    http2: Http2Settings,
+    settings: EndpointSettings,
     connector: C,
+}
+
+/// How each pod's connections are opened and kept: the endpoint part of the
+/// clients' settings, one field per setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EndpointSettings {
+    pub(crate) protocol: Protocol,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) http2: Http2Settings,
 }
 
 /// HTTP/2 connection settings: keepalive pings.
@@ -77,17 +82,9 @@ pub(crate) struct Http2Settings {
     pub(crate) keep_alive_while_idle: bool,
 }
 
-/// Default for [`HttpEndpointBuilder::http2_keep_alive_timeout`]: 20 s,
+/// Default for the HTTP/2 keepalive timeout (`http2_keep_alive`): 20 s,
 /// hyper's own default.
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The [`tower::Service<SocketAddr>`] form of [`HttpEndpointBuilder`], for
-/// discovery code that takes a `MakeService`. Never fails; connecting happens
-/// in the endpoint's `poll_ready`.
-pub struct MakeHttpEndpoint<B, C = TcpConnector> {
-    builder: HttpEndpointBuilder<C>,
-    _body: PhantomData<fn(B)>,
-}
 
 /// The HTTP client service for one endpoint (one pod).
 ///
@@ -128,30 +125,42 @@ enum Slot<B> {
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, BoxError>> + Send>>;
 
-// ===== impl HttpEndpointBuilder =====
+// ===== impl EndpointSettings =====
 
-impl HttpEndpointBuilder {
-    /// Settings with the defaults: no configured authority, connect timeout
-    /// [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_MAX_CONNECTIONS`], no request
-    /// timeout, plain TCP.
-    pub fn new(protocol: Protocol) -> Self {
+impl EndpointSettings {
+    pub(crate) fn new(protocol: Protocol) -> Self {
         Self {
             protocol,
-            authority: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            request_timeout: None,
             http2: Http2Settings {
                 keep_alive_interval: None,
                 keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
                 keep_alive_while_idle: false,
             },
-            connector: TcpConnector::new(),
         }
     }
 }
 
+// ===== impl HttpEndpointBuilder =====
+
+impl HttpEndpointBuilder {
+    /// Settings with the defaults: no configured authority, connect timeout
+    /// [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_MAX_CONNECTIONS`], plain TCP.
+    pub fn new(protocol: Protocol) -> Self {
+        Self::from_settings(EndpointSettings::new(protocol), TcpConnector::new())
+    }
+}
+
 impl<C> HttpEndpointBuilder<C> {
+    pub(crate) fn from_settings(settings: EndpointSettings, connector: C) -> Self {
+        Self {
+            authority: None,
+            settings,
+            connector,
+        }
+    }
+
     /// The authority every request carries (`Host` for HTTP/1.1, `:authority`
     /// for HTTP/2), usually the service name and port:
     /// `web.default.svc.cluster.local:8080`. Default: none.
@@ -163,10 +172,10 @@ impl<C> HttpEndpointBuilder<C> {
         self
     }
 
-    /// How long opening a connection (the connector's work) may take.
-    /// Default: [`DEFAULT_CONNECT_TIMEOUT`] (1 s).
+    /// How long opening a connection (the connector's work, TLS handshake
+    /// included) may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
@@ -174,45 +183,30 @@ impl<C> HttpEndpointBuilder<C> {
     /// Ignored for HTTP/2, which uses one. Default:
     /// [`DEFAULT_MAX_CONNECTIONS`] (16).
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
-        self
-    }
-
-    /// How long one endpoint may take to send response headers, after which
-    /// the call fails with [`RequestTimeout`]. Default: none (a client-wide
-    /// timeout layer usually covers this).
-    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.request_timeout = timeout;
+        self.settings.max_connections = max.max(1);
         self
     }
 
     /// HTTP/2: send a PING on a connection that has received nothing for
     /// `interval`, and close it (failing its requests and streams) if the
-    /// PING is not answered within
-    /// [`http2_keep_alive_timeout`](Self::http2_keep_alive_timeout).
-    /// Detects a pod that vanished without closing its sockets (a node
-    /// crash, a dropped route) where TCP would wait for minutes. Ignored for
-    /// HTTP/1.1. Default: none (no pings).
+    /// PING is not answered within `timeout`. Detects a pod that vanished
+    /// without closing its sockets (a node crash, a dropped route) where TCP
+    /// would wait for minutes. Ignored for HTTP/1.1. Default: none (no
+    /// pings), [`DEFAULT_KEEP_ALIVE_TIMEOUT`].
     ///
     /// Servers police pings: gRPC servers by default allow one every 5
     /// minutes and answer more frequent ones with `GOAWAY
     /// ENHANCE_YOUR_CALM`, so match the interval to the server's policy.
-    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
-        self.http2.keep_alive_interval = interval;
-        self
-    }
-
-    /// HTTP/2: how long a keepalive PING may go unanswered before the
-    /// connection is closed. Default: [`DEFAULT_KEEP_ALIVE_TIMEOUT`] (20 s).
-    pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
-        self.http2.keep_alive_timeout = timeout;
+    pub fn http2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.settings.http2.keep_alive_interval = interval;
+        self.settings.http2.keep_alive_timeout = timeout;
         self
     }
 
     /// HTTP/2: also ping connections with no request or stream open.
     /// Default: false (pings only while a response or stream is pending).
     pub fn http2_keep_alive_while_idle(mut self, enabled: bool) -> Self {
-        self.http2.keep_alive_while_idle = enabled;
+        self.settings.http2.keep_alive_while_idle = enabled;
         self
     }
 
@@ -220,101 +214,74 @@ impl<C> HttpEndpointBuilder<C> {
     /// socket, fault injection). The connect timeout still applies.
     pub fn connector<C2>(self, connector: C2) -> HttpEndpointBuilder<C2> {
         HttpEndpointBuilder {
-            protocol: self.protocol,
             authority: self.authority,
-            connect_timeout: self.connect_timeout,
-            max_connections: self.max_connections,
-            request_timeout: self.request_timeout,
-            http2: self.http2,
+            settings: self.settings,
             connector,
         }
     }
 
     /// The protocol endpoints speak.
     pub fn protocol(&self) -> Protocol {
-        self.protocol
+        self.settings.protocol
     }
 
     /// Switches the protocol, keeping every other setting.
     pub fn with_protocol(mut self, protocol: Protocol) -> Self {
-        self.protocol = protocol;
+        self.settings.protocol = protocol;
         self
     }
 
-    /// The service for the endpoint at `addr`. Cheap: no connection is opened
-    /// until the first `poll_ready`.
+    /// The service for the endpoint at `addr`, with the configured authority's
+    /// host (or the address) as its server name. Cheap: no connection is
+    /// opened until the first `poll_ready`.
     pub fn make<B>(&self, addr: SocketAddr) -> HttpEndpoint<B, C>
     where
         C: Clone,
     {
-        let pool = Pool::new(
-            addr,
-            self.protocol,
-            self.connector.clone(),
-            self.connect_timeout,
-            self.max_connections,
-            self.request_timeout,
-            Addressing::new(self.authority.clone(), addr),
-        )
-        .with_http2(self.http2);
+        let server_name = match &self.authority {
+            Some(authority) => authority.host().trim_end_matches('.').to_owned(),
+            None => addr.ip().to_string(),
+        };
+        self.make_for(&Endpoint::new(addr, server_name, self.settings.protocol))
+    }
+
+    /// The service for `endpoint`, speaking this builder's protocol.
+    pub fn make_for<B>(&self, endpoint: &Endpoint) -> HttpEndpoint<B, C>
+    where
+        C: Clone,
+    {
+        let endpoint = endpoint.clone().with_protocol(self.settings.protocol);
+        let addressing = Addressing::new(self.authority.clone(), endpoint.addr());
         HttpEndpoint {
-            pool: Arc::new(pool),
+            pool: Arc::new(Pool::new(
+                endpoint,
+                self.settings,
+                self.connector.clone(),
+                addressing,
+            )),
             slot: Slot::Idle,
         }
     }
+}
 
-    /// These settings as a `tower::Service<SocketAddr>`.
-    pub fn into_make_service<B>(self) -> MakeHttpEndpoint<B, C> {
-        MakeHttpEndpoint {
-            builder: self,
-            _body: PhantomData,
-        }
+impl<B, C> MakeEndpoint<http::Request<B>> for HttpEndpointBuilder<C>
+where
+    B: RequestBody,
+    C: Connect,
+{
+    type Service = HttpEndpoint<B, C>;
+
+    fn make_endpoint(&self, endpoint: &Endpoint) -> HttpEndpoint<B, C> {
+        self.make_for(endpoint)
     }
 }
 
 impl<C> fmt::Debug for HttpEndpointBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpointBuilder")
-            .field("protocol", &self.protocol)
             .field("authority", &self.authority)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("request_timeout", &self.request_timeout)
-            .field("http2", &self.http2)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
-    }
-}
-
-// ===== impl MakeHttpEndpoint =====
-
-impl<B, C: Clone> tower::Service<SocketAddr> for MakeHttpEndpoint<B, C> {
-    type Response = HttpEndpoint<B, C>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<HttpEndpoint<B, C>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, addr: SocketAddr) -> Self::Future {
-        std::future::ready(Ok(self.builder.make(addr)))
-    }
-}
-
-impl<B, C: Clone> Clone for MakeHttpEndpoint<B, C> {
-    fn clone(&self) -> Self {
-        Self {
-            builder: self.builder.clone(),
-            _body: PhantomData,
-        }
-    }
-}
-
-impl<B, C> fmt::Debug for MakeHttpEndpoint<B, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("MakeHttpEndpoint")
-            .field(&self.builder)
-            .finish()
     }
 }
 
@@ -323,12 +290,12 @@ impl<B, C> fmt::Debug for MakeHttpEndpoint<B, C> {
 impl<B, C> HttpEndpoint<B, C> {
     /// The endpoint this service sends to.
     pub fn addr(&self) -> SocketAddr {
-        self.pool.addr
+        self.pool.endpoint.addr()
     }
 
     /// The protocol spoken.
     pub fn protocol(&self) -> Protocol {
-        self.pool.protocol
+        self.pool.endpoint.protocol()
     }
 
     /// Connections open or being opened, across all clones.
@@ -377,7 +344,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> ResponseFuture {
-        let addr = self.pool.addr;
+        let addr = self.pool.endpoint.addr();
         let conn = match std::mem::replace(&mut self.slot, Slot::Idle) {
             Slot::Ready(conn) => conn,
             other => {
@@ -387,7 +354,11 @@ where
                 return Box::pin(std::future::ready(Err(err.into())));
             }
         };
-        let restore = match self.pool.addressing.apply(self.pool.protocol, &mut req) {
+        let restore = match self
+            .pool
+            .addressing
+            .apply(self.pool.endpoint.protocol(), &mut req)
+        {
             Ok(restore) => restore,
             Err(err) => {
                 self.pool.checkin(conn);
@@ -422,16 +393,10 @@ where
             }
             Conn::H2(mut tx) => Box::pin(tx.try_send_request(req)),
         };
-        let timeout = self.pool.request_timeout;
         Box::pin(async move {
-            let result = match timeout {
-                None => response.await,
-                Some(after) => match tokio::time::timeout(after, response).await {
-                    Ok(result) => result,
-                    Err(_elapsed) => return Err(RequestTimeout::new(addr, after).into()),
-                },
-            };
-            result.map_err(|err| not_sent_or_error(err, restore))
+            response
+                .await
+                .map_err(|err| not_sent_or_error(err, restore))
         })
     }
 }
@@ -479,8 +444,8 @@ impl<B, C> Drop for HttpEndpoint<B, C> {
 impl<B, C> fmt::Debug for HttpEndpoint<B, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpoint")
-            .field("addr", &self.pool.addr)
-            .field("protocol", &self.pool.protocol)
+            .field("addr", &self.pool.endpoint.addr())
+            .field("protocol", &self.pool.endpoint.protocol())
             .field("ready", &matches!(self.slot, Slot::Ready(_)))
             .finish_non_exhaustive()
     }

@@ -1,12 +1,11 @@
-//! Errors of one endpoint's HTTP service: failed connects, requests that were never sent, timeouts.
+//! Errors of one endpoint's HTTP service: failed connects.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A boxed error, as tower and hyper pass them around.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Opening a connection to an endpoint failed.
 ///
@@ -102,28 +101,5 @@ impl ConnectError {
     /// True when the transport connected but the HTTP handshake failed.
     pub fn is_handshake(&self) -> bool {
         self.kind == ConnectErrorKind::Handshake
-    }
-}
-
-/// The endpoint did not answer within the configured request timeout.
-///
-/// The request may have reached the server.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{addr} did not answer within {after:?}")]
-pub struct RequestTimeout {
-    addr: SocketAddr,
-    after: Duration,
-}
-
-// ===== impl RequestTimeout =====
-
-impl RequestTimeout {
-    pub(crate) fn new(addr: SocketAddr, after: Duration) -> Self {
-        Self { addr, after }
-    }
-
-    /// The endpoint that did not answer.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 }

@@ -8,6 +8,11 @@
 //!                                                 Connect (TcpConnector) ──► hyper http1 pool / one http2 connection
 //! ```
 //!
+//! `HttpEndpointBuilder` is the clients' default [`MakeEndpoint`](crate::MakeEndpoint):
+//! it makes one `HttpEndpoint` per [`Endpoint`](crate::Endpoint), and hands
+//! the same `Endpoint` (pod address, service name, protocol) to the
+//! connector, so that a TLS connector can check the service's certificate.
+//!
 //! Errors a balancer branches on: [`ConnectError`] from `poll_ready` and
 //! [`NotSent`] from `call` mean the request never left this process and may go
 //! to another endpoint; every other error may have reached a server.
@@ -20,27 +25,31 @@ mod error;
 mod pool;
 mod rewrite;
 
-use std::net::SocketAddr;
-
 pub use self::body::{Body, CompleteOnBodyEnd, ServedBy};
-pub use self::client::{Client, ClientBuilder, ResponseFuture as ClientResponseFuture};
+pub use self::client::{
+    Client, ClientBuilder, HttpService, ResponseFuture as ClientResponseFuture,
+};
 pub use self::connect::TcpConnector;
+pub(crate) use self::endpoint::EndpointSettings;
 pub use self::endpoint::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpEndpoint,
-    HttpEndpointBuilder, MakeHttpEndpoint, Protocol, ResponseFuture,
+    HttpEndpointBuilder, Protocol, ResponseFuture,
 };
-pub use self::error::{BoxError, ConnectError, RequestTimeout};
-/// The "never written" error, shared with the balancer; an endpoint returns
-/// it with the `http::Request` inside.
-pub use crate::balance::NotSent;
+pub(crate) use self::error::BoxError;
+pub use self::error::ConnectError;
+
+use crate::endpoint::Endpoint;
 
 /// A transport for endpoint connections: a cloneable
-/// `tower::Service<SocketAddr>` yielding a hyper I/O object.
+/// `tower::Service<Endpoint>` yielding a hyper I/O object.
+///
+/// The [`Endpoint`] names the pod's address, the service's name (for TLS:
+/// the name to verify and send as SNI) and the protocol (for ALPN).
 ///
 /// Implemented for every type that fits; [`TcpConnector`] is the default.
 pub trait Connect:
     tower::Service<
-        SocketAddr,
+        Endpoint,
         Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         Error: Into<BoxError>,
         Future: Send,
@@ -53,7 +62,7 @@ pub trait Connect:
 
 impl<T> Connect for T where
     T: tower::Service<
-            SocketAddr,
+            Endpoint,
             Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
             Error: Into<BoxError>,
             Future: Send,

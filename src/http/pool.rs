@@ -34,10 +34,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
-use super::endpoint::Http2Settings;
+use super::endpoint::{EndpointSettings, Http2Settings};
 use super::error::ConnectError;
 use super::rewrite::Addressing;
 use super::{Connect, Protocol, RequestBody};
+use crate::endpoint::Endpoint;
 
 /// A sender for one connection.
 pub(crate) enum Conn<B> {
@@ -47,14 +48,13 @@ pub(crate) enum Conn<B> {
 
 /// Everything the clones of one endpoint service share.
 pub(crate) struct Pool<B, C> {
-    pub(crate) addr: SocketAddr,
-    pub(crate) protocol: Protocol,
+    /// The pod, its server name and the protocol spoken; what the connector gets.
+    pub(crate) endpoint: Endpoint,
     pub(crate) connector: C,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_connections: usize,
-    pub(crate) request_timeout: Option<Duration>,
     pub(crate) addressing: Addressing,
-    http2: Option<Http2Settings>,
+    http2: Http2Settings,
     state: Mutex<State<B>>,
 }
 
@@ -94,26 +94,21 @@ impl<B> Conn<B> {
 
 impl<B, C> Pool<B, C> {
     pub(crate) fn new(
-        addr: SocketAddr,
-        protocol: Protocol,
+        endpoint: Endpoint,
+        settings: EndpointSettings,
         connector: C,
-        connect_timeout: Duration,
-        max_connections: usize,
-        request_timeout: Option<Duration>,
         addressing: Addressing,
     ) -> Self {
         Self {
-            addr,
-            protocol,
-            connector,
-            connect_timeout,
-            max_connections: match protocol {
-                Protocol::Http1 => max_connections.max(1),
+            max_connections: match endpoint.protocol() {
+                Protocol::Http1 => settings.max_connections.max(1),
                 Protocol::Http2 => 1,
             },
-            request_timeout,
+            endpoint,
+            connector,
+            connect_timeout: settings.connect_timeout,
             addressing,
-            http2: None,
+            http2: settings.http2,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 live: 0,
@@ -124,12 +119,6 @@ impl<B, C> Pool<B, C> {
                 next_waiter: 0,
             }),
         }
-    }
-
-    /// HTTP/2 keepalive settings for the connections this pool opens.
-    pub(crate) fn with_http2(mut self, settings: Http2Settings) -> Self {
-        self.http2 = Some(settings);
-        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State<B>> {
@@ -177,7 +166,7 @@ impl<B, C> Pool<B, C> {
             return Checkout::Ready(conn);
         }
         st.idle.retain(|c| !c.is_closed());
-        let found = match self.protocol {
+        let found = match self.endpoint.protocol() {
             Protocol::Http1 => st.idle.pop(),
             Protocol::Http2 => st.idle.first().map(|c| match c {
                 Conn::H2(tx) => Conn::H2(tx.clone()),
@@ -292,8 +281,12 @@ where
 {
     let result = open(&pool).await;
     match &result {
-        Ok(_) => tracing::debug!(endpoint = %pool.addr, protocol = ?pool.protocol, "connected"),
-        Err(err) => tracing::debug!(endpoint = %pool.addr, error = %err, "connect failed"),
+        Ok(_) => {
+            tracing::debug!(endpoint = %pool.endpoint.addr(), protocol = ?pool.endpoint.protocol(), "connected")
+        }
+        Err(err) => {
+            tracing::debug!(endpoint = %pool.endpoint.addr(), error = %err, "connect failed")
+        }
     }
     pool.connected(result);
 }
@@ -303,16 +296,19 @@ where
     B: RequestBody,
     C: Connect,
 {
-    let addr = pool.addr;
-    let io = match tokio::time::timeout(pool.connect_timeout, pool.connector.clone().oneshot(addr))
-        .await
+    let addr = pool.endpoint.addr();
+    let io = match tokio::time::timeout(
+        pool.connect_timeout,
+        pool.connector.clone().oneshot(pool.endpoint.clone()),
+    )
+    .await
     {
         Ok(Ok(io)) => io,
         Ok(Err(err)) => return Err(ConnectError::transport(addr, err.into())),
         Err(_elapsed) => return Err(ConnectError::timeout(addr)),
     };
     let weak = Arc::downgrade(pool);
-    match pool.protocol {
+    match pool.endpoint.protocol() {
         Protocol::Http1 => {
             let (tx, conn) = http1::Builder::new()
                 .handshake(io)
@@ -327,12 +323,10 @@ where
             let mut builder = http2::Builder::new(TokioExecutor::new());
             // hyper needs a timer for keepalive pings (it panics without one).
             builder.timer(TokioTimer::new());
-            if let Some(settings) = pool.http2 {
-                builder
-                    .keep_alive_interval(settings.keep_alive_interval)
-                    .keep_alive_timeout(settings.keep_alive_timeout)
-                    .keep_alive_while_idle(settings.keep_alive_while_idle);
-            }
+            builder
+                .keep_alive_interval(pool.http2.keep_alive_interval)
+                .keep_alive_timeout(pool.http2.keep_alive_timeout)
+                .keep_alive_while_idle(pool.http2.keep_alive_while_idle);
             let (tx, conn) = builder
                 .handshake(io)
                 .await

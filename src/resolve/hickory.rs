@@ -28,7 +28,9 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::{Message, ResponseCode};
+#[cfg(fuzzing)]
+use hickory_resolver::proto::op::Message;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 use super::{Resolution, Resolve, ResolveFuture};
@@ -696,7 +698,9 @@ fn cap_endpoints(endpoints: BTreeSet<SocketAddr>, max: usize) -> BTreeSet<Socket
 /// What one A/AAAA answer message turns into for a `host:port` target: the
 /// resolver's own conversion (addresses and CNAME TTLs from the answer
 /// section, unusable addresses dropped, the shortest TTL, the cap), from raw
-/// bytes. `None` if the bytes are not a DNS message. For fuzzing only.
+/// bytes. `None` if the bytes are not a DNS message. For fuzzing only
+/// (`cargo fuzz` builds with `--cfg fuzzing`).
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub fn endpoints_from_answer_message(
     bytes: &[u8],

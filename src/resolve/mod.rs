@@ -17,6 +17,7 @@ use crate::target::Target;
 mod hickory;
 
 #[doc(hidden)]
+#[cfg(fuzzing)]
 pub use self::hickory::endpoints_from_answer_message;
 pub use self::hickory::{HickoryResolver, HickoryResolverBuilder, ResolverConfigError};
 

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use headless_lb::balance::{Balancer, Builder, EndpointState, EndpointStats, NotSent};
+use headless_lb::NotSent;
+use headless_lb::balance::{Balancer, Builder, EndpointState, EndpointStats};
 use tower::BoxError;
 use tower::discover::Change;
 

@@ -1,0 +1,391 @@
+//! [`Builder`]: every setting of a balanced client, once, for HTTP and gRPC alike.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::layer::util::{Identity, Stack};
+
+use super::balanced::Balanced;
+use crate::balance::{self, Balancer, Completion};
+use crate::discover::{Discovery, DnsDiscover, EmptyAnswer, RefreshPolicy};
+use crate::endpoint::{Endpoint, Layered, MakeEndpoint};
+use crate::error::BuildError;
+use crate::http::{EndpointSettings, HttpEndpointBuilder, Protocol, TcpConnector};
+use crate::resolve::{HickoryResolver, Resolve};
+use crate::target::Target;
+
+/// The HTTP preset of [`Builder`]: builds an [`http::Client`](crate::http::Client).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+/// The gRPC preset of [`Builder`]: builds a [`grpc::Channel`](crate::grpc::Channel).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grpc;
+
+/// Configures a balanced client: discovery, the balancer and each pod's
+/// connections. Every setting has one setter, named the same for HTTP and
+/// gRPC, and a documented default.
+///
+/// `P` is the preset ([`Http`] or [`Grpc`]), `C` the connector that opens
+/// pod connections and `L` the [`tower::Layer`] stack around each pod's
+/// service ([`endpoint_layer`](Self::endpoint_layer)). Most code names it
+/// through [`http::ClientBuilder`](crate::http::ClientBuilder) or
+/// [`grpc::ChannelBuilder`](crate::grpc::ChannelBuilder).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use headless_lb::http::Client;
+///
+/// let client: Client<_, _> = Client::builder()
+///     .connect_timeout(Duration::from_millis(500))
+///     .endpoint_layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(2)))
+///     .build::<http_body_util::Empty<bytes::Bytes>>("web.default.svc.cluster.local:8080")?;
+/// # let _ = client; Ok(()) }
+/// ```
+pub struct Builder<P, C = TcpConnector, L = Identity> {
+    pub(crate) settings: Settings,
+    pub(crate) connector: C,
+    pub(crate) layer: L,
+    _preset: PhantomData<fn() -> P>,
+}
+
+/// Every setting of a client, each in one place.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) endpoint: EndpointSettings,
+    pub(crate) balance: balance::Config,
+    pub(crate) refresh: RefreshPolicy,
+    pub(crate) nameservers: Vec<SocketAddr>,
+    pub(crate) resolver: Option<Arc<dyn Resolve>>,
+    /// HTTP: how long a request may take to its response head, overall.
+    /// gRPC: the deadline of an RPC that carries no `grpc-timeout`.
+    pub(crate) request_timeout: Option<Duration>,
+}
+
+/// The `tower::Service<SocketAddr>` that [`DnsDiscover`] calls: the user's
+/// [`MakeEndpoint`] with the target's server name and protocol filled in.
+struct MakeForDiscovery<Req, M> {
+    make: M,
+    server_name: Arc<str>,
+    protocol: Protocol,
+    _req: PhantomData<fn(Req)>,
+}
+
+// ===== impl Builder =====
+
+impl<P> Builder<P> {
+    pub(crate) fn with_protocol(protocol: Protocol) -> Self {
+        Builder {
+            settings: Settings {
+                endpoint: EndpointSettings::new(protocol),
+                balance: balance::Config::default(),
+                refresh: RefreshPolicy::default(),
+                nameservers: Vec::new(),
+                resolver: None,
+                request_timeout: None,
+            },
+            connector: TcpConnector::new(),
+            layer: Identity::new(),
+            _preset: PhantomData,
+        }
+    }
+}
+
+impl<P, C, L> Builder<P, C, L> {
+    // ----- pod connections -----
+
+    /// How long opening a connection to a pod may take, TLS handshake
+    /// included \[1 s\]. A pod that does not connect in time backs off and
+    /// the request goes to another pod (it was never sent).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.endpoint.connect_timeout = timeout;
+        self
+    }
+
+    /// HTTP/1.1 connections per pod at most \[16\]; ignored for HTTP/2,
+    /// which multiplexes over one.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.settings.endpoint.max_connections = max.max(1);
+        self
+    }
+
+    /// HTTP/2: PING a connection that received nothing for `interval`, and
+    /// close it (failing its requests and streams) if the PING goes
+    /// unanswered for `timeout` \[none, 20 s\].
+    ///
+    /// Finds a pod that vanished without closing its sockets (a node crash)
+    /// while a request waits on it. gRPC servers allow one PING per 5
+    /// minutes by default and close connections that ping more often; raise
+    /// their limit (`permit_keepalive_time`, grpc-go's `EnforcementPolicy`)
+    /// before pinging more often.
+    pub fn http2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.settings.endpoint.http2.keep_alive_interval = interval;
+        self.settings.endpoint.http2.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2: keepalive PINGs also while no request is open \[false\].
+    pub fn http2_keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.settings.endpoint.http2.keep_alive_while_idle = enabled;
+        self
+    }
+
+    /// Opens pod connections with `connector`, a `tower::Service<`[`Endpoint`]`>`
+    /// yielding a hyper I/O object: TLS of your own, a proxy, socket options
+    /// [`TcpConnector`: plain TCP with `TCP_NODELAY`]. The [`Endpoint`] names
+    /// the pod's address, the service's name and the protocol, so a TLS
+    /// connector can verify the service's certificate and offer ALPN.
+    pub fn connector<C2>(self, connector: C2) -> Builder<P, C2, L> {
+        Builder {
+            settings: self.settings,
+            connector,
+            layer: self.layer,
+            _preset: PhantomData,
+        }
+    }
+
+    /// Wraps every pod's service in `layer`: a per-pod timeout
+    /// (`tower::timeout::TimeoutLayer`), concurrency limit, metrics,
+    /// anything that is a [`tower::Layer`] \[none\].
+    ///
+    /// Layers added first are outermost, as in `tower::ServiceBuilder`. The
+    /// balancer sits above them: it measures load around the layered
+    /// service, sees an error from its `poll_ready` as a failed connect (the
+    /// pod backs off), and still retries a request whose error carries a
+    /// [`NotSent`](crate::NotSent) anywhere in its source chain.
+    pub fn endpoint_layer<L2>(self, layer: L2) -> Builder<P, C, Stack<L2, L>> {
+        Builder {
+            settings: self.settings,
+            connector: self.connector,
+            layer: Stack::new(layer, self.layer),
+            _preset: PhantomData,
+        }
+    }
+
+    // ----- the balancer -----
+
+    /// How long a request waits for any pod before failing with
+    /// `NoEndpoints` (gRPC: `UNAVAILABLE`) naming the target \[3 s\].
+    pub fn failfast_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.balance.failfast_timeout = timeout;
+        self
+    }
+
+    /// The RTT assumed for the first pod, before any measurement \[30 ms\];
+    /// see [`balance::Builder::default_rtt`].
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.settings.balance.default_rtt = rtt;
+        self
+    }
+
+    /// The peak-EWMA decay time \[10 s\]; see [`balance::Builder::decay`].
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.settings.balance.decay = decay;
+        self
+    }
+
+    /// Reconnect backoff of a failed pod: `base` doubling to `max` \[100 ms, 10 s\].
+    pub fn endpoint_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.balance.backoff_base = base;
+        self.settings.balance.backoff_max = max;
+        self
+    }
+
+    /// Extra pods a request that was never sent may be tried on \[2\].
+    pub fn max_retries(mut self, retries: usize) -> Self {
+        self.settings.balance.max_retries = retries;
+        self
+    }
+
+    /// Failed requests in a row (errors, HTTP 5xx or gRPC `UNAVAILABLE`,
+    /// broken bodies) that take a pod out of picks for a backoff \[5\]; 0
+    /// turns this off. See [`balance::Builder::failure_accrual`].
+    pub fn failure_accrual(mut self, failures: u32) -> Self {
+        self.settings.balance.failure_accrual = failures;
+        self
+    }
+
+    // ----- discovery -----
+
+    /// DNS refresh schedule and backoff [`RefreshPolicy::default`].
+    pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
+        self.settings.refresh = policy;
+        self
+    }
+
+    /// What NXDOMAIN or an empty answer does [`EmptyAnswer::KeepLastGood`];
+    /// the same field as in [`refresh_policy`](Self::refresh_policy).
+    pub fn empty_answer(mut self, empty_answer: EmptyAnswer) -> Self {
+        self.settings.refresh.empty_answer = empty_answer;
+        self
+    }
+
+    /// Ask this DNS server (UDP and TCP) instead of the ones in
+    /// `/etc/resolv.conf`; repeatable \[system configuration\].
+    pub fn nameserver(mut self, nameserver: SocketAddr) -> Self {
+        self.settings.nameservers.push(nameserver);
+        self
+    }
+
+    /// Resolve with this resolver instead of a [`HickoryResolver`] built from
+    /// the system configuration (e.g. one with a custom
+    /// [`HickoryResolverBuilder`](crate::resolve::HickoryResolverBuilder)).
+    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.settings.resolver = Some(resolver);
+        self
+    }
+
+    // ----- building -----
+
+    /// Starts discovery and a balancer for `target` over per-pod services
+    /// that `make` builds, wrapped in this builder's
+    /// [`endpoint_layer`](Self::endpoint_layer)s, with `completion` deciding
+    /// when a request stops counting as load on its pod.
+    ///
+    /// The open core under the HTTP client and the gRPC channel: use it for
+    /// a per-pod service of your own. The connection settings and the
+    /// connector are `HttpEndpointBuilder`'s and do not apply to another maker.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn build_with<Req, M, K>(
+        self,
+        target: &str,
+        make: M,
+        completion: K,
+    ) -> Result<Balanced<Req, L::Service, K>, BuildError>
+    where
+        Req: Send + 'static,
+        M: MakeEndpoint<Req>,
+        L: tower::Layer<M::Service> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<Req> + Clone + Send + Sync + 'static,
+        <L::Service as tower::Service<Req>>::Error: Into<tower::BoxError>,
+        <L::Service as tower::Service<Req>>::Future: Send,
+        K: Completion<<L::Service as tower::Service<Req>>::Response>,
+    {
+        let target: Target = target.parse()?;
+        let make = Layered::new(make, self.layer);
+        start(self.settings, target, make, completion)
+    }
+
+    /// The default maker: an [`HttpEndpointBuilder`] with this builder's
+    /// connection settings and connector, for `target`, wrapped in the
+    /// layers.
+    pub(crate) fn http_maker(
+        self,
+        target: &Target,
+    ) -> Result<(Settings, Layered<HttpEndpointBuilder<C>, L>), BuildError> {
+        let authority = target
+            .authority()
+            .parse()
+            .map_err(|_| BuildError::Authority {
+                target: target.to_string(),
+            })?;
+        let endpoints = HttpEndpointBuilder::from_settings(self.settings.endpoint, self.connector)
+            .authority(authority);
+        Ok((self.settings, Layered::new(endpoints, self.layer)))
+    }
+}
+
+/// Discovery and a balancer for `target` over the services `make` builds.
+pub(crate) fn start<Req, M, K>(
+    settings: Settings,
+    target: Target,
+    make: M,
+    completion: K,
+) -> Result<Balanced<Req, M::Service, K>, BuildError>
+where
+    Req: Send + 'static,
+    M: MakeEndpoint<Req>,
+    <M::Service as tower::Service<Req>>::Error: Into<tower::BoxError>,
+    <M::Service as tower::Service<Req>>::Future: Send,
+    K: Completion<<M::Service as tower::Service<Req>>::Response>,
+{
+    let resolver = match settings.resolver {
+        Some(resolver) => resolver,
+        None => {
+            let mut builder = HickoryResolver::builder();
+            for ns in settings.nameservers {
+                builder = builder.nameserver(ns);
+            }
+            Arc::new(builder.build()?)
+        }
+    };
+    let discovery = Discovery::spawn_with_policy(target.clone(), resolver, settings.refresh);
+    let make = MakeForDiscovery {
+        make,
+        server_name: Arc::from(server_name(&target)),
+        protocol: settings.endpoint.protocol,
+        _req: PhantomData,
+    };
+    let errors = discovery.clone();
+    let mut config = settings.balance;
+    config.target = target.to_string();
+    config.last_error_source = Some(Arc::new(move || {
+        errors.stats().last_error.map(|e| e.to_string())
+    }));
+    let balancer = Balancer::spawn(
+        config,
+        DnsDiscover::new(discovery.clone(), make),
+        completion,
+    );
+    Ok(Balanced {
+        balancer,
+        discovery,
+    })
+}
+
+/// The name every pod of `target` presents: the host without `_service._proto.`
+/// labels (SRV), port or trailing dot.
+fn server_name(target: &Target) -> String {
+    let authority = target.authority();
+    let host = match authority.parse::<http::uri::Authority>() {
+        Ok(a) => a.host().to_owned(),
+        Err(_) => authority,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+impl<P, C, L: fmt::Debug> fmt::Debug for Builder<P, C, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("preset", &std::any::type_name::<P>())
+            .field("endpoint", &self.settings.endpoint)
+            .field("balance", &self.settings.balance)
+            .field("refresh", &self.settings.refresh)
+            .field("nameservers", &self.settings.nameservers)
+            .field("request_timeout", &self.settings.request_timeout)
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl MakeForDiscovery =====
+
+impl<Req, M> tower::Service<SocketAddr> for MakeForDiscovery<Req, M>
+where
+    M: MakeEndpoint<Req>,
+{
+    type Response = M::Service;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<M::Service, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, addr: SocketAddr) -> Self::Future {
+        let endpoint = Endpoint::new(addr, self.server_name.clone(), self.protocol);
+        std::future::ready(Ok(self.make.make_endpoint(&endpoint)))
+    }
+}

@@ -1,0 +1,27 @@
+//! The open core of the clients: one [`Builder`] for every setting, one [`Balanced`] service.
+//!
+//! ```text
+//!  Builder<Http | Grpc, Connector, Layer>        every setting once, same name everywhere
+//!     │ build / build_with(maker, completion)
+//!     ▼
+//!  Discovery ──► DnsDiscover ──► Balancer ──► per-pod service = layer(maker(Endpoint))
+//!     └────────────── Balanced<Req, S, K> ─────────────┘
+//! ```
+//!
+//! [`http::Client`](crate::http::Client) and
+//! [`grpc::Channel`](crate::grpc::Channel) are presets of this core: the
+//! same builder type ([`http::ClientBuilder`](crate::http::ClientBuilder) is
+//! `Builder<Http>`, [`grpc::ChannelBuilder`](crate::grpc::ChannelBuilder) is
+//! `Builder<Grpc>`) with a per-pod [`HttpEndpoint`](crate::http::HttpEndpoint)
+//! and a completion rule of their own (the response body's end, the gRPC
+//! stream's end). [`Builder::build_with`] takes any
+//! [`MakeEndpoint`](crate::MakeEndpoint) and
+//! [`Completion`](crate::balance::Completion), for a per-pod service of your
+//! own behind the same discovery and balancer.
+
+mod balanced;
+mod builder;
+
+pub use self::balanced::Balanced;
+pub(crate) use self::builder::start as builder_start;
+pub use self::builder::{Builder, Grpc, Http};
