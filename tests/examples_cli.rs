@@ -1,4 +1,4 @@
-//! The example programs' command lines, which DESIGN.md makes part of the
+//! The example programs' command lines, which ARCHITECTURE.md makes part of the
 //! contract: `loadgen` prints one JSON line with every field, bad arguments
 //! exit 2 with one stderr line, `watch` prints `+ ADDR` lines.
 //!

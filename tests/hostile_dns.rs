@@ -181,7 +181,7 @@ fn ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![ipv4().prop_map(IpAddr::V4), ipv6().prop_map(IpAddr::V6)]
 }
 
-/// What the library must refuse (DESIGN.md, "Bad input"), link-local included
+/// What the library must refuse (ARCHITECTURE.md, "Bad input"), link-local included
 /// (not allowed by default).
 fn unusable(ip: IpAddr) -> bool {
     match ip.to_canonical() {

@@ -124,7 +124,7 @@ impl Builder {
 
     /// How many other endpoints a request is tried on when it was never sent
     /// (its endpoint's `ready()` failed, or `call()` returned
-    /// [`NotSent`](super::NotSent)) \[2\].
+    /// [`NotSent`](crate::NotSent)) \[2\].
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.config.max_retries = retries;
         self

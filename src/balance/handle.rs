@@ -33,7 +33,7 @@ use crate::error::BalanceError;
 /// for an available endpoint (at most `failfast_timeout`, then
 /// [`BalanceError::NoEndpoints`]), for the endpoint service's own `ready()`,
 /// and for the response. A request that was never sent (its endpoint's
-/// `ready()` failed, or `call()` returned [`NotSent`](super::NotSent)) is tried
+/// `ready()` failed, or `call()` returned [`NotSent`](crate::NotSent)) is tried
 /// on another endpoint, at most `max_retries` more times; any other error is
 /// returned as [`BalanceError::Endpoint`] and never retried.
 ///

@@ -33,7 +33,7 @@
 //!    `max_retries` more times.
 //! 3. **Call.** If the endpoint service fails with a [`NotSent`](crate::NotSent) (anywhere in
 //!    the error's source chain) that gives the request back, likewise. Any
-//!    other error is returned ([`BalanceError::Endpoint`]) and never retried:
+//!    other error is returned ([`BalanceError::Endpoint`](crate::BalanceError::Endpoint)) and never retried:
 //!    the request may have reached a server.
 //! 4. **Complete.** The RTT from dispatch to response feeds the endpoint's
 //!    peak-EWMA. The request counts as pending until its [`PendingGuard`]

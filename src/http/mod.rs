@@ -9,12 +9,12 @@
 //! ```
 //!
 //! `HttpEndpointBuilder` is the clients' default [`MakeEndpoint`](crate::MakeEndpoint):
-//! it makes one `HttpEndpoint` per [`Endpoint`](crate::Endpoint), and hands
+//! it makes one `HttpEndpoint` per [`Endpoint`] and hands
 //! the same `Endpoint` (pod address, service name, protocol) to the
 //! connector, so that a TLS connector can check the service's certificate.
 //!
 //! Errors a balancer branches on: [`ConnectError`] from `poll_ready` and
-//! [`NotSent`] from `call` mean the request never left this process and may go
+//! [`NotSent`](crate::NotSent) from `call` mean the request never left this process and may go
 //! to another endpoint; every other error may have reached a server.
 
 mod body;
