@@ -417,12 +417,12 @@ impl Refresh {
                     (Some(resolution.ttl), None)
                 }
                 Err(e) => {
-                    if e.is_no_records() {
-                        if let Some(fresh_for) = self.no_records(now) {
-                            // Look again no later than when the kept set
-                            // turns stale, so that it is cleared on time.
-                            delay = delay.min(fresh_for);
-                        }
+                    // Look again no later than when a kept set turns
+                    // stale, so that it is cleared on time.
+                    if e.is_no_records()
+                        && let Some(fresh_for) = self.no_records(now)
+                    {
+                        delay = delay.min(fresh_for);
                     }
                     self.report(&e, failures, now);
                     (None, Some(e))
