@@ -4,12 +4,17 @@
 //! SERVING (needs `--features tonic`).
 //!
 //! ```text
-//! cargo run --example echo_server -- --listen 127.0.0.11:8080 [--delay-ms N] [--protocol http|grpc]
+//! cargo run --example echo_server -- --listen 127.0.0.11:8080 [--delay-ms N] [--protocol http|grpc] [--grace-ms N]
 //! cargo run --features tonic --example echo_server -- --listen 127.0.0.11:50051 --protocol grpc
 //! ```
 //!
-//! Serves until killed; logs on stderr. Bad arguments exit with status 2 and a
-//! one-line message on stderr.
+//! Serves until SIGTERM or SIGINT, then shuts down as a well-behaved pod
+//! does: stops accepting (new connections are refused), sends HTTP/2 GOAWAY
+//! (HTTP/2 and gRPC) or `Connection: close` (HTTP/1.1) on its open
+//! connections, lets the requests in flight finish for at most `--grace-ms`
+//! (default 5000), cuts off whatever is left, and exits 0. A second signal
+//! during the grace period cuts off at once. Logs on stderr. Bad arguments
+//! exit with status 2 and a one-line message on stderr.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -32,6 +37,11 @@ struct Args {
     /// What to serve.
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
     protocol: Protocol,
+    /// On SIGTERM/SIGINT, let requests in flight finish for at most this
+    /// many milliseconds before cutting them off. Keep it below the pod's
+    /// terminationGracePeriodSeconds minus its preStop sleep.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,13 +74,98 @@ async fn main() -> ExitCode {
         .init();
 
     let delay = Duration::from_millis(args.delay_ms);
+    let grace = Duration::from_millis(args.grace_ms);
     match args.protocol {
-        Protocol::Http => serve_http(args.listen, delay).await,
-        Protocol::Grpc => serve_grpc(args.listen, delay).await,
+        Protocol::Http => serve_http(args.listen, delay, grace).await,
+        Protocol::Grpc => serve_grpc(args.listen, delay, grace).await,
     }
 }
 
-async fn serve_http(listen: SocketAddr, delay: Duration) -> ExitCode {
+/// SIGTERM (what Kubernetes sends after the preStop hook) and SIGINT
+/// (Ctrl-C), caught from the moment of [`Signals::register`]: registered
+/// before the "listening" line, so that a supervisor that signals as soon as
+/// it reads that line never hits the default action (death without exit code).
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let register = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(err) => {
+                    eprintln!(
+                        "warning: cannot handle {name} ({err}); it will not shut down gracefully"
+                    );
+                    None
+                }
+            };
+            Signals {
+                term: register(SignalKind::terminate(), "SIGTERM"),
+                int: register(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the next signal; returns its name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => "SIGTERM",
+                () = recv(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// Runs a graceful `shutdown`, cut short by a second signal; says how it went.
+async fn drain<F: std::future::Future<Output = bool>>(
+    signals: &mut Signals,
+    addr: SocketAddr,
+    grace: Duration,
+    shutdown: F,
+) {
+    let started = std::time::Instant::now();
+    tokio::select! {
+        clean = shutdown => {
+            if clean {
+                eprintln!("echo_server on {addr}: drained in {} ms", started.elapsed().as_millis());
+            } else {
+                eprintln!(
+                    "echo_server on {addr}: grace period of {} ms over; cut off the requests still open",
+                    grace.as_millis()
+                );
+            }
+        }
+        signal = signals.next() => {
+            eprintln!("echo_server on {addr}: {signal} again; cutting off the requests still open");
+        }
+    }
+}
+
+async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration) -> ExitCode {
     let pod = match Pod::start(listen).await {
         Ok(pod) => pod,
         Err(err) => {
@@ -79,12 +174,19 @@ async fn serve_http(listen: SocketAddr, delay: Duration) -> ExitCode {
         }
     };
     pod.set_delay(delay);
+    let mut signals = Signals::register();
     eprintln!(
         "echo_server listening on {} (HTTP/1.1 and h2c, delay {} ms)",
         pod.addr(),
         delay.as_millis()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    let signal = signals.next().await;
+    eprintln!(
+        "echo_server on {}: {signal}; shutting down gracefully (grace {} ms)",
+        pod.addr(),
+        grace.as_millis()
+    );
+    drain(&mut signals, pod.addr(), grace, pod.shutdown(grace)).await;
     eprintln!(
         "echo_server on {}: served {} requests",
         pod.addr(),
@@ -94,7 +196,7 @@ async fn serve_http(listen: SocketAddr, delay: Duration) -> ExitCode {
 }
 
 #[cfg(feature = "tonic")]
-async fn serve_grpc(listen: SocketAddr, delay: Duration) -> ExitCode {
+async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration) -> ExitCode {
     let pod = match headless_lb::testing::GrpcPod::start(listen).await {
         Ok(pod) => pod,
         Err(err) => {
@@ -103,12 +205,19 @@ async fn serve_grpc(listen: SocketAddr, delay: Duration) -> ExitCode {
         }
     };
     pod.set_delay(delay);
+    let mut signals = Signals::register();
     eprintln!(
         "echo_server listening on {} (gRPC grpc.health.v1, h2c, SERVING, delay {} ms)",
         pod.addr(),
         delay.as_millis()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    let signal = signals.next().await;
+    eprintln!(
+        "echo_server on {}: {signal}; shutting down gracefully (grace {} ms)",
+        pod.addr(),
+        grace.as_millis()
+    );
+    drain(&mut signals, pod.addr(), grace, pod.shutdown(grace)).await;
     eprintln!(
         "echo_server on {}: served {} RPCs",
         pod.addr(),
@@ -118,7 +227,7 @@ async fn serve_grpc(listen: SocketAddr, delay: Duration) -> ExitCode {
 }
 
 #[cfg(not(feature = "tonic"))]
-async fn serve_grpc(_listen: SocketAddr, _delay: Duration) -> ExitCode {
+async fn serve_grpc(_listen: SocketAddr, _delay: Duration, _grace: Duration) -> ExitCode {
     eprintln!("error: --protocol grpc needs the example built with --features tonic");
     ExitCode::from(2)
 }

@@ -320,3 +320,177 @@ async fn dns_discover_emits_only_differences_and_keeps_unchanged_services() {
     assert_eq!(later, vec!["-1", "+4", "+5"]);
     assert!(futures::poll!(discover.next()).is_pending());
 }
+
+// ===== early re-resolution (Discovery::resolve_now) =====
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn resolve_now_from_a_crowd_costs_at_most_one_extra_lookup_a_second() {
+    // TTL 30: without resolve_now there would be one lookup in these 10 s.
+    let dns = Scripted::new(&[Step::Answer(vec![1], 30)]);
+    let start = Instant::now();
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), exact());
+    settle().await;
+    // 1000 requests over 10 s, one every 10 ms, from this task and (every
+    // 100th) from a plain OS thread: resolve_now needs no runtime.
+    for i in 0..1000 {
+        if i % 100 == 0 {
+            let other = d.clone();
+            std::thread::spawn(move || other.resolve_now())
+                .join()
+                .unwrap();
+        } else {
+            d.resolve_now();
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+        settle().await;
+    }
+    let times = dns.call_times(start);
+    assert!(
+        times.len() <= 11,
+        "at most one extra lookup a second: {times:?}"
+    );
+    assert!(times.len() >= 10, "requests were served: {times:?}");
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 1.0,
+            "lookups 1 s apart at least: {times:?}"
+        );
+    }
+    assert_eq!(d.stats().early_lookups, times.len() as u64 - 1);
+    // Nobody asks any more: the TTL schedule carries on from the last answer.
+    let last = *times.last().unwrap();
+    run_for(30.05).await;
+    let after = dns.call_times(start);
+    assert_eq!(after.len(), times.len() + 1, "{after:?}");
+    assert!(
+        (after[after.len() - 1] - (last + 30.0)).abs() < 0.01,
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn resolve_now_long_after_a_lookup_is_served_at_once_and_the_ttl_restarts_from_it() {
+    let dns = Scripted::new(&[Step::Answer(vec![1], 30), Step::Answer(vec![2], 30)]);
+    let start = Instant::now();
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), exact());
+    settle().await;
+    run_for(5.0).await;
+    d.resolve_now();
+    settle().await;
+    assert_eq!(dns.call_times(start), vec![0.0, 5.0]);
+    assert_eq!(*d.endpoints(), addrs(&[2]), "the early answer is published");
+    run_for(30.05).await;
+    assert_eq!(dns.call_times(start), vec![0.0, 5.0, 35.0]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn resolve_now_does_not_cut_a_backoff_short() {
+    let dns = Scripted::new(&[
+        Step::Answer(vec![1], 1),
+        Step::ServFail, // at 1 s: retry after 1 s
+        Step::ServFail, // at 2 s: retry after 2 s
+        Step::Answer(vec![1], 30),
+    ]);
+    let start = Instant::now();
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), exact());
+    settle().await;
+    run_for(2.5).await;
+    for _ in 0..10 {
+        d.resolve_now();
+        run_for(0.1).await;
+    }
+    run_for(1.0).await;
+    assert_eq!(dns.call_times(start), vec![0.0, 1.0, 2.0, 4.0]);
+    assert_eq!(d.stats().early_lookups, 0);
+}
+
+// ===== bounded staleness (RefreshPolicy::max_stale) =====
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn nxdomain_keeps_the_set_until_max_stale_then_clears_it() {
+    let dns = Scripted::new(&[Step::Answer(vec![1, 2], 2), Step::NoRecords(Some(3))]);
+    let policy = RefreshPolicy {
+        max_stale: Some(Duration::from_secs(10)),
+        ..exact()
+    };
+    let start = Instant::now();
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), policy);
+    settle().await;
+    assert_eq!(d.stats().last_confirmed, Some(start));
+    run_for(9.9).await;
+    assert_eq!(*d.endpoints(), addrs(&[1, 2]), "kept before max_stale");
+    run_for(0.2).await;
+    assert!(d.endpoints().is_empty(), "cleared at max_stale");
+    // 0 answer; 2, 5, 8 NXDOMAIN paced by the negative TTL (3 s), the last
+    // delay cut to 2 s so that the lookup at 10 s clears the set on time.
+    assert_eq!(dns.call_times(start), vec![0.0, 2.0, 5.0, 8.0, 10.0]);
+    assert_eq!(d.stats().last_confirmed, Some(start));
+    assert_eq!(d.stats().endpoints, 0);
+
+    // Records back: the set comes back, with no restart (the lookup at 13 s
+    // still says NXDOMAIN, the one at 16 s answers).
+    dns.push(Step::Answer(vec![3], 30));
+    run_for(6.1).await;
+    assert_eq!(*d.endpoints(), addrs(&[3]));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn nxdomain_keeps_the_set_for_ever_without_max_stale() {
+    let dns = Scripted::new(&[Step::Answer(vec![1, 2], 2), Step::NoRecords(Some(30))]);
+    let policy = RefreshPolicy {
+        max_stale: None,
+        ..exact()
+    };
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), policy);
+    settle().await;
+    run_for(3600.0).await;
+    assert_eq!(*d.endpoints(), addrs(&[1, 2]));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_dns_outage_past_max_stale_keeps_the_set_and_a_later_nxdomain_clears_it() {
+    let dns = Scripted::new(&[Step::Answer(vec![1, 2], 1), Step::ServFail]);
+    let policy = RefreshPolicy {
+        max_stale: Some(Duration::from_secs(10)),
+        ..exact()
+    };
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), policy);
+    settle().await;
+    run_for(120.0).await;
+    assert_eq!(
+        *d.endpoints(),
+        addrs(&[1, 2]),
+        "fail static through an outage"
+    );
+    assert!(d.stats().consecutive_failures >= 5);
+    // The outage ends with an authoritative "no records": the set is long
+    // past max_stale, so it goes at once.
+    dns.push(Step::NoRecords(Some(5)));
+    run_for(61.0).await;
+    assert!(d.endpoints().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_good_answer_restarts_the_staleness_clock() {
+    let dns = Scripted::new(&[
+        Step::Answer(vec![1], 5),
+        Step::NoRecords(Some(1)), // 5 s: kept (age 5 of 8)
+        Step::Answer(vec![1], 1), // 6 s: confirmed again
+        Step::NoRecords(Some(1)), // from 7 s on: kept until 14 s
+    ]);
+    let policy = RefreshPolicy {
+        max_stale: Some(Duration::from_secs(8)),
+        ..exact()
+    };
+    let start = Instant::now();
+    let d = Discovery::spawn_with_policy(target(), Arc::new(dns.clone()), policy);
+    settle().await;
+    run_for(13.9).await;
+    assert_eq!(*d.endpoints(), addrs(&[1]));
+    assert_eq!(
+        d.stats().last_confirmed,
+        Some(start + Duration::from_secs(6))
+    );
+    run_for(0.2).await;
+    assert!(d.endpoints().is_empty());
+}

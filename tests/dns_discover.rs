@@ -264,3 +264,139 @@ async fn feeds_tower_p2c_balance_and_requests_flow() {
     }
     assert_eq!(seen, addrs(&[11, 12, 13]));
 }
+
+#[tokio::test]
+async fn resolve_now_drops_a_deleted_pod_within_two_seconds_despite_ttl_30() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(NAME, &ips(&[11, 12, 13]), 30);
+    let d = discovery(&dns, RefreshPolicy::default());
+    wait_for(Duration::from_secs(2), "first set", || {
+        *d.endpoints() == addrs(&[11, 12, 13])
+    })
+    .await;
+    // The pod is killed and deleted from DNS; the client, seeing its
+    // connections refused, asks for a lookup instead of waiting 30 s.
+    dns.set_ips(NAME, &ips(&[11, 12]), 30);
+    let asked = Instant::now();
+    d.resolve_now();
+    wait_for(
+        Duration::from_secs(2),
+        "the deleted pod to leave the set",
+        || *d.endpoints() == addrs(&[11, 12]),
+    )
+    .await;
+    let stats = d.stats();
+    assert_eq!(stats.early_lookups, 1, "{stats:?}");
+    assert_eq!(stats.lookups, 2, "{stats:?}");
+    eprintln!(
+        "deleted pod dropped {:?} after resolve_now",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn resolve_now_from_every_failing_connection_stays_within_the_rate_limit() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(NAME, &ips(&[11, 12, 13]), 30);
+    let d = discovery(&dns, RefreshPolicy::default());
+    wait_for(Duration::from_secs(2), "first set", || {
+        d.endpoints().len() == 3
+    })
+    .await;
+    let before = d.stats().lookups;
+    dns.reset_counts();
+    // Every pod refuses: 8 tasks each ask for a lookup every millisecond
+    // for 3 s (a measurement window, not a wait for a condition).
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                while started.elapsed() < window {
+                    d.resolve_now();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let lookups = d.stats().lookups - before;
+    let queries = dns.queries_for(NAME, RecordType::A);
+    eprintln!(
+        "{lookups} lookups, {queries} A queries in {:?}",
+        started.elapsed()
+    );
+    // One a second at most: 3 (+1 for a window edge).
+    assert!((2..=4).contains(&lookups), "{lookups} lookups");
+    assert!(queries <= 4, "{queries} A queries reached DNS");
+}
+
+#[tokio::test]
+async fn scale_to_zero_clears_the_set_after_max_stale_and_recovers_without_restart() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_negative_ttl(1);
+    dns.set_ips(NAME, &ips(&[11, 12]), 1);
+    let policy = RefreshPolicy {
+        max_stale: Some(Duration::from_secs(2)),
+        ..RefreshPolicy::default()
+    };
+    let d = discovery(&dns, policy);
+    wait_for(Duration::from_secs(2), "first set", || {
+        d.endpoints().len() == 2
+    })
+    .await;
+    // Scaled to zero: NXDOMAIN from now on.
+    dns.remove(NAME);
+    wait_for(Duration::from_secs(5), "the set to clear", || {
+        d.endpoints().is_empty()
+    })
+    .await;
+    let stats = d.stats();
+    let confirmed = stats.last_confirmed.expect("a good answer was seen");
+    let age = confirmed.elapsed();
+    assert!(
+        age >= Duration::from_secs(2),
+        "cleared {age:?} after the last good answer"
+    );
+    assert!(
+        stats
+            .last_error
+            .as_ref()
+            .is_some_and(ResolveError::is_no_records),
+        "{stats:?}"
+    );
+    // Back in DNS: served again by the same Discovery.
+    dns.set_ips(NAME, &ips(&[13]), 1);
+    wait_for(Duration::from_secs(3), "the set to come back", || {
+        *d.endpoints() == addrs(&[13])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn servfail_past_max_stale_keeps_the_set() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(NAME, &ips(&[11, 12]), 1);
+    let policy = RefreshPolicy {
+        max_stale: Some(Duration::from_secs(1)),
+        backoff_max: Duration::from_secs(1),
+        ..RefreshPolicy::default()
+    };
+    let d = discovery(&dns, policy);
+    wait_for(Duration::from_secs(2), "first set", || {
+        d.endpoints().len() == 2
+    })
+    .await;
+    dns.set_fault(Fault::ServFail);
+    wait_for(Duration::from_secs(6), "SERVFAILs past max_stale", || {
+        let s = d.stats();
+        s.consecutive_failures >= 3
+            && s.last_confirmed
+                .is_some_and(|c| c.elapsed() > Duration::from_secs(2))
+    })
+    .await;
+    assert_eq!(*d.endpoints(), addrs(&[11, 12]), "fail static");
+}

@@ -6,17 +6,37 @@
 //!            ┌──────── Ok(ttl) ────────► sleep clamp(ttl) ± jitter ───┐
 //!  resolve ──┼─ NoRecords(neg ttl) ─────► sleep clamp(neg ttl) ± jitter ┼──► resolve
 //!            └─ transient error ────────► sleep backoff(n) ± jitter ───┘
+//!                                              ▲
+//!                 Discovery::resolve_now ──────┘ cuts a sleep short (not a backoff),
+//!                                                at most once per resolve_now_interval
 //! ```
 //!
 //! The delays are pure functions of the outcome ([`RefreshPolicy::delay_after`]),
 //! so the schedule is tested exactly with tokio's paused clock.
+//!
+//! Two rules bound how far the published set may lag behind the pods:
+//!
+//! - **Early re-resolution.** When a pod refuses connections, resets or sends
+//!   GOAWAY, it has probably been deleted, and DNS may already say so while the
+//!   refresh task still waits out a TTL of up to 30 s. [`Discovery::resolve_now`]
+//!   (like gRPC's `ResolveNow`) asks for a lookup soon. Every caller's request
+//!   coalesces into one, and a lookup it causes starts no sooner than
+//!   [`RefreshPolicy::resolve_now_interval`] after the previous lookup of any
+//!   kind, so a crowd of failing connections costs DNS at most one query per
+//!   interval. The next regular lookup is scheduled from that lookup's answer,
+//!   as after any other lookup.
+//! - **Bounded staleness.** With [`EmptyAnswer::KeepLastGood`], a set that DNS
+//!   says no longer exists (NXDOMAIN, empty answer) is kept only until
+//!   [`RefreshPolicy::max_stale`] after the last good answer; then it is
+//!   cleared. A DNS outage (timeout, SERVFAIL, network error) keeps the set
+//!   however long it lasts (see the field's docs for why).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::error::ResolveError;
@@ -57,6 +77,39 @@ pub struct RefreshPolicy {
     pub lookup_timeout: Duration,
     /// What an NXDOMAIN or empty answer does to the set [`EmptyAnswer::KeepLastGood`].
     pub empty_answer: EmptyAnswer,
+    /// The shortest time from the start of one lookup to the start of a
+    /// lookup asked for by [`Discovery::resolve_now`] [1 s].
+    ///
+    /// However many callers ask, at most one extra lookup per interval
+    /// reaches DNS: a request during the cool-down schedules one lookup at
+    /// its end, and requests meanwhile join it. After a transient failure
+    /// `resolve_now` does not cut the backoff short either: the backoff
+    /// protects a failing DNS server, and the retry it schedules serves the
+    /// request.
+    pub resolve_now_interval: Duration,
+    /// How long [`EmptyAnswer::KeepLastGood`] keeps a set after DNS last
+    /// confirmed it with a good answer [5 minutes]; `None` keeps it for ever
+    /// (the behaviour before this field existed).
+    ///
+    /// Once a set is older than this, an NXDOMAIN or empty answer clears it,
+    /// so a service scaled to zero fails fast naming the target instead of
+    /// sending requests to addresses Kubernetes may have given to other
+    /// pods. While a set is kept against such answers, the next lookup is
+    /// due no later than the moment it turns stale, so it is cleared on time.
+    ///
+    /// A DNS *outage* (timeout, SERVFAIL, REFUSED, network error) is not an
+    /// answer either way: it keeps the set past `max_stale` for as long as it
+    /// lasts (fail static). Clearing would turn a DNS outage into a full
+    /// outage of a service whose pods may all be fine, while the pods that
+    /// did go away are already avoided by connection health (refused
+    /// connections back off); only an authoritative "no records" clears.
+    ///
+    /// Why 5 minutes: long enough to ride out a short window in which every
+    /// pod is unready (a readiness flap, a rollout gone wrong and rolled
+    /// back) and a mistaken DNS change, without the client losing its pods;
+    /// short enough that the addresses of a deleted service are not used for
+    /// long after the cluster may hand them to other pods.
+    pub max_stale: Option<Duration>,
 }
 
 /// The outcome of one lookup, as far as scheduling cares.
@@ -91,6 +144,8 @@ impl Default for RefreshPolicy {
             backoff_max: Duration::from_secs(30),
             lookup_timeout: Duration::from_secs(10),
             empty_answer: EmptyAnswer::KeepLastGood,
+            resolve_now_interval: Duration::from_secs(1),
+            max_stale: Some(Duration::from_secs(5 * 60)),
         }
     }
 }
@@ -132,8 +187,10 @@ impl RefreshPolicy {
         } else {
             0.5
         };
-        self.base_delay(outcome)
-            .mul_f64(1.0 + jitter * (2.0 * r - 1.0))
+        let base = self.base_delay(outcome);
+        // `try_from`: a huge configured delay must not overflow (and panic).
+        Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 + jitter * (2.0 * r - 1.0)))
+            .unwrap_or(base)
     }
 }
 
@@ -148,12 +205,17 @@ pub struct DiscoveryStats {
     pub next_refresh: Option<Instant>,
     /// The TTL of the last good answer.
     pub ttl: Option<Duration>,
+    /// When DNS last confirmed the set with a good answer; the set's age for
+    /// [`RefreshPolicy::max_stale`] counts from here.
+    pub last_confirmed: Option<Instant>,
     /// The error of the last lookup, if it failed.
     pub last_error: Option<ResolveError>,
     /// Lookups that failed (transient error or no records) in a row.
     pub consecutive_failures: u32,
     /// Total lookups made.
     pub lookups: u64,
+    /// Lookups, among `lookups`, that [`Discovery::resolve_now`] brought forward.
+    pub early_lookups: u64,
     /// Incremented every time the published set changes.
     pub generation: u64,
     /// The number of endpoints in the published set.
@@ -176,6 +238,8 @@ pub struct Discovery {
 struct Shared {
     target: Target,
     stats: Arc<Mutex<DiscoveryStats>>,
+    /// Woken by `resolve_now`; holds at most one permit, so requests coalesce.
+    wake: Arc<Notify>,
     task: tokio::task::AbortHandle,
 }
 
@@ -202,14 +266,17 @@ impl Discovery {
         policy: RefreshPolicy,
     ) -> Discovery {
         let (tx, rx) = watch::channel(EndpointSet::default());
+        let wake = Arc::new(Notify::new());
         let stats = Arc::new(Mutex::new(DiscoveryStats {
             target: target.to_string(),
             last_refresh: None,
             next_refresh: None,
             ttl: None,
+            last_confirmed: None,
             last_error: None,
             consecutive_failures: 0,
             lookups: 0,
+            early_lookups: 0,
             generation: 0,
             endpoints: 0,
         }));
@@ -219,7 +286,9 @@ impl Discovery {
             policy,
             sets: tx,
             stats: stats.clone(),
+            wake: wake.clone(),
             had_answer: false,
+            last_confirmed: None,
             last_warn: None,
         };
         let task = tokio::spawn(refresh.run()).abort_handle();
@@ -227,6 +296,7 @@ impl Discovery {
             shared: Arc::new(Shared {
                 target,
                 stats,
+                wake,
                 task,
             }),
             sets: rx,
@@ -254,12 +324,35 @@ impl Discovery {
     pub fn stats(&self) -> DiscoveryStats {
         lock(&self.shared.stats).clone()
     }
+
+    /// Asks for a lookup soon instead of at the end of the TTL, as gRPC's
+    /// `ResolveNow` does: for when a pod refuses connections, resets them or
+    /// sends GOAWAY, which usually means it is gone and DNS may know.
+    ///
+    /// Never blocks and needs no runtime, so it can be called from any
+    /// thread, as often as failures happen. Requests coalesce: the lookup
+    /// they cause starts no sooner than
+    /// [`RefreshPolicy::resolve_now_interval`] after the previous one, and
+    /// during a transient-failure backoff they wait for the backoff's retry.
+    /// The set it finds is published as usual, through [`watch`](Self::watch).
+    pub fn resolve_now(&self) {
+        // One stored permit at most: a thousand calls wake the task once.
+        self.shared.wake.notify_one();
+    }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `at + delay`, or about a year later where that would overflow: a policy
+/// with absurd durations sleeps long instead of panicking.
+fn later(at: Instant, delay: Duration) -> Instant {
+    at.checked_add(delay)
+        .or_else(|| at.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(at)
 }
 
 fn lock(stats: &Mutex<DiscoveryStats>) -> std::sync::MutexGuard<'_, DiscoveryStats> {
@@ -278,7 +371,10 @@ struct Refresh {
     policy: RefreshPolicy,
     sets: watch::Sender<EndpointSet>,
     stats: Arc<Mutex<DiscoveryStats>>,
+    wake: Arc<Notify>,
     had_answer: bool,
+    /// When the last good answer arrived, for `max_stale`.
+    last_confirmed: Option<Instant>,
     last_warn: Option<Instant>,
 }
 
@@ -286,6 +382,7 @@ impl Refresh {
     async fn run(mut self) {
         let mut failures = 0u32;
         loop {
+            let started = Instant::now();
             let result = match tokio::time::timeout(
                 self.policy.lookup_timeout,
                 self.resolver.resolve(&self.target),
@@ -310,38 +407,100 @@ impl Refresh {
                 Outcome::Answer { .. } => 0,
                 _ => failures + 1,
             };
-            let delay = self.policy.delay_after(outcome, fastrand::f64());
+            let mut delay = self.policy.delay_after(outcome, fastrand::f64());
             let now = Instant::now();
             let (ttl, error) = match result {
                 Ok(resolution) => {
                     self.had_answer = true;
+                    self.last_confirmed = Some(now);
                     self.publish(resolution.endpoints);
                     (Some(resolution.ttl), None)
                 }
                 Err(e) => {
+                    // Look again no later than when a kept set turns
+                    // stale, so that it is cleared on time.
                     if e.is_no_records()
-                        && (self.policy.empty_answer == EmptyAnswer::Clear || !self.had_answer)
+                        && let Some(fresh_for) = self.no_records(now)
                     {
-                        self.publish(BTreeSet::new());
+                        delay = delay.min(fresh_for);
                     }
                     self.report(&e, failures, now);
                     (None, Some(e))
                 }
             };
+            let due = later(now, delay);
             {
                 let mut stats = lock(&self.stats);
                 stats.last_refresh = Some(now);
-                stats.next_refresh = Some(now + delay);
+                stats.next_refresh = Some(due);
                 if ttl.is_some() {
                     stats.ttl = ttl;
                 }
+                stats.last_confirmed = self.last_confirmed;
                 stats.last_error = error;
                 stats.consecutive_failures = failures;
                 stats.lookups += 1;
                 stats.endpoints = self.sets.borrow().len();
             }
             tracing::trace!(target = %self.target, ?delay, "next DNS refresh scheduled");
-            tokio::time::sleep(delay).await;
+            let backing_off = matches!(outcome, Outcome::Failed { .. });
+            self.wait(due, started, backing_off).await;
+        }
+    }
+
+    /// An NXDOMAIN or empty answer: clears the set when the policy says so,
+    /// when there never was a good answer, or when the kept set is older than
+    /// `max_stale`. Returns how long a kept set stays fresh, if it is kept
+    /// with a bound.
+    fn no_records(&mut self, now: Instant) -> Option<Duration> {
+        if self.policy.empty_answer == EmptyAnswer::Clear || !self.had_answer {
+            self.publish(BTreeSet::new());
+            return None;
+        }
+        let max_stale = self.policy.max_stale?;
+        // `had_answer` implies a confirmation time; `now` if ever it had none.
+        let age = now.saturating_duration_since(self.last_confirmed.unwrap_or(now));
+        if age < max_stale {
+            return Some(max_stale - age);
+        }
+        if !self.sets.borrow().is_empty() {
+            tracing::warn!(
+                target = %self.target,
+                ?age,
+                ?max_stale,
+                "DNS has no records for the target and last confirmed its endpoints longer \
+                 than max_stale ago; clearing the endpoint set"
+            );
+        }
+        self.publish(BTreeSet::new());
+        None
+    }
+
+    /// Sleeps until `due`, or less when [`Discovery::resolve_now`] asks: then
+    /// until `resolve_now_interval` after `last_start` (the start of the lookup
+    /// just made), unless that is later than `due`. During a backoff
+    /// (`backing_off`) requests are absorbed by the scheduled retry.
+    async fn wait(&self, due: Instant, last_start: Instant, backing_off: bool) {
+        let mut deadline = due;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                () = self.wake.notified() => {
+                    if backing_off {
+                        continue;
+                    }
+                    let earliest = later(last_start, self.policy.resolve_now_interval)
+                        .max(Instant::now());
+                    if earliest < deadline {
+                        deadline = earliest;
+                        lock(&self.stats).next_refresh = Some(deadline);
+                        tracing::trace!(target = %self.target, ?deadline, "early DNS refresh requested");
+                    }
+                }
+            }
+        }
+        if deadline < due {
+            lock(&self.stats).early_lookups += 1;
         }
     }
 

@@ -27,7 +27,8 @@ use tower::ServiceExt;
 ///
 /// Like [`Pod`](super::Pod), several listen on distinct loopback addresses
 /// (127.0.0.11, …) and can be made slow ([`set_delay`](Self::set_delay)) or
-/// failing ([`set_status`](Self::set_status)), killed and restarted. The
+/// failing ([`set_status`](Self::set_status)), killed (a crash), shut down
+/// gracefully ([`shutdown`](Self::shutdown), as on SIGTERM) and restarted. The
 /// server speaks HTTP/2 with prior knowledge (h2c), as gRPC clients do.
 /// Dropping a `GrpcPod` kills it.
 ///
@@ -57,6 +58,9 @@ struct PodState {
     status: AtomicI32,
     /// Bumped by every `kill`, to end RPCs that outlive their connection.
     kills: watch::Sender<u64>,
+    /// True from `shutdown` until `restart`: every connection is asked to
+    /// close gracefully (GOAWAY).
+    draining: watch::Sender<bool>,
     /// Bumped by `end_streams`, to end every open `Watch` stream with OK.
     stream_ends: watch::Sender<u64>,
     requests: AtomicU64,
@@ -93,6 +97,7 @@ impl GrpcPod {
             delay: Mutex::new(Duration::ZERO),
             status: AtomicI32::new(-1),
             kills: watch::Sender::new(0),
+            draining: watch::Sender::new(false),
             stream_ends: watch::Sender::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -175,13 +180,47 @@ impl GrpcPod {
         self.state.kills.send_modify(|k| *k += 1);
     }
 
-    /// Listens on the same address again after [`kill`](Self::kill).
-    /// Counters and controls keep their values. A no-op while running.
+    /// Stops the pod as a well-behaved gRPC server does on SIGTERM (grpc-go's
+    /// `GracefulStop`, tonic's `serve_with_shutdown`), and returns true if
+    /// every connection finished within `grace`.
+    ///
+    /// Closes the listener at once (new connections are refused), sends
+    /// HTTP/2 GOAWAY on every open connection (clients start no new RPC on
+    /// it), and lets the RPCs in flight finish for at most `grace`; whatever
+    /// is still open then (for example a `Watch` stream) is cut off as by
+    /// [`kill`](Self::kill), and the result is false. Idempotent;
+    /// [`restart`](Self::restart) serves again.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let accept = lock(&self.accept).take();
+        if let Some(accept) = accept {
+            accept.abort();
+            let _ = accept.await;
+        }
+        self.state.draining.send_replace(true);
+        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        if drained {
+            tracing::debug!(pod = %self.addr, "grpc pod shut down gracefully");
+        } else {
+            tracing::debug!(pod = %self.addr, open = conns.len(), "grace period over; cutting connections");
+            conns.shutdown().await;
+            self.state.kills.send_modify(|k| *k += 1);
+        }
+        drained
+    }
+
+    /// Listens on the same address again after [`kill`](Self::kill) or
+    /// [`shutdown`](Self::shutdown). Counters and controls keep their
+    /// values. A no-op while running.
     pub async fn restart(&self) -> io::Result<()> {
         if self.is_running() {
             return Ok(());
         }
         let listener = TcpListener::bind(self.addr).await?;
+        self.state.draining.send_replace(false);
         let accept = tokio::spawn(accept_loop(listener, self.state.clone()));
         *lock(&self.accept) = Some(accept);
         tracing::debug!(pod = %self.addr, "grpc pod restarted");
@@ -207,6 +246,9 @@ impl PodHealth {
     async fn answer(&self) -> Result<(), Status> {
         let state = &self.0;
         let _in_flight = Count::new(state.clone(), |s| &s.in_flight);
+        // Lets a test that runs a pod in another process (echo_server with
+        // RUST_LOG=headless_lb=trace) see that an RPC is in flight.
+        tracing::trace!(pod = %state.addr, "request received");
         let mut killed = state.kills.subscribe();
         let delay = *lock(&state.delay);
         if !delay.is_zero() {
@@ -300,12 +342,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
         let service = service_fn(move |req: http::Request<Incoming>| server.clone().oneshot(req));
         let mut conns = lock(&state.conns);
         while conns.try_join_next().is_some() {}
+        let draining = state.draining.subscribe();
         conns.spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = super::pod::serve(conn, draining, |c| c.graceful_shutdown()).await {
                 tracing::trace!(error = %err, "grpc pod connection ended with an error");
             }
         });

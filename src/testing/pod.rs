@@ -38,8 +38,9 @@ pub const AUTHORITY_HEADER: &str = "x-pod-authority";
 /// 127.0.0.12, …), which on Linux needs no setup. Runtime controls change
 /// how it answers: [`set_delay`](Self::set_delay),
 /// [`set_status`](Self::set_status), [`set_hang`](Self::set_hang); and whether
-/// it runs at all: [`kill`](Self::kill), [`restart`](Self::restart).
-/// Dropping a `Pod` kills it.
+/// it runs at all: [`kill`](Self::kill) (a crash),
+/// [`shutdown`](Self::shutdown) (a graceful exit, as on SIGTERM),
+/// [`restart`](Self::restart). Dropping a `Pod` kills it.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -70,6 +71,9 @@ struct PodState {
     /// Bumped by every `kill`, to end requests that outlive their
     /// connection (HTTP/2 runs each request in a task of its own).
     kills: watch::Sender<u64>,
+    /// True from `shutdown` until `restart`: every connection is asked to
+    /// close gracefully (see [`serve`]).
+    draining: watch::Sender<bool>,
     requests: AtomicU64,
     in_flight: AtomicU64,
     connections: AtomicU64,
@@ -104,6 +108,7 @@ impl Pod {
             hang: watch::Sender::new(false),
             reset: AtomicBool::new(false),
             kills: watch::Sender::new(0),
+            draining: watch::Sender::new(false),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -201,13 +206,51 @@ impl Pod {
         conns.shutdown().await;
     }
 
-    /// Listens on the same address again after [`kill`](Self::kill). Counters
-    /// and controls keep their values. A no-op while running.
+    /// Stops the pod the way a well-behaved server does on SIGTERM, and
+    /// returns true if every connection finished within `grace`.
+    ///
+    /// 1. Closes the listener at once: new connections are refused.
+    /// 2. Asks every open connection to close gracefully: an HTTP/2
+    ///    connection sends GOAWAY, so the client opens no new stream on it;
+    ///    an HTTP/1.1 connection closes if idle, else answers its request in
+    ///    flight with `Connection: close` and then closes.
+    /// 3. Lets the requests in flight finish for at most `grace`; whatever
+    ///    is still open then is cut off as by [`kill`](Self::kill), and the
+    ///    result is false.
+    ///
+    /// Idempotent; [`restart`](Self::restart) serves again.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let accept = lock(&self.accept).take();
+        if let Some(accept) = accept {
+            accept.abort();
+            let _ = accept.await;
+        }
+        self.state.draining.send_replace(true);
+        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        if drained {
+            tracing::debug!(pod = %self.addr, "pod shut down gracefully");
+        } else {
+            tracing::debug!(pod = %self.addr, open = conns.len(), "grace period over; cutting connections");
+            conns.abort_all();
+            self.state.kills.send_modify(|k| *k += 1);
+            conns.shutdown().await;
+        }
+        drained
+    }
+
+    /// Listens on the same address again after [`kill`](Self::kill) or
+    /// [`shutdown`](Self::shutdown). Counters and controls keep their
+    /// values. A no-op while running.
     pub async fn restart(&self) -> io::Result<()> {
         if self.is_running() {
             return Ok(());
         }
         let listener = TcpListener::bind(self.addr).await?;
+        self.state.draining.send_replace(false);
         let accept = tokio::spawn(accept_loop(listener, self.state.clone()));
         *lock(&self.accept) = Some(accept);
         tracing::debug!(pod = %self.addr, "pod restarted");
@@ -260,16 +303,35 @@ async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
         let mut conns = lock(&state.conns);
         // Reap finished connections so a long-lived pod does not grow.
         while conns.try_join_next().is_some() {}
+        let draining = state.draining.subscribe();
         conns.spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = serve(conn, draining, |c| c.graceful_shutdown()).await {
                 tracing::trace!(error = %err, "pod connection ended with an error");
             }
         });
     }
+}
+
+/// Drives one connection; once `draining` turns true, asks it to close
+/// gracefully with `graceful_shutdown` (hyper: HTTP/2 sends GOAWAY; HTTP/1.1
+/// closes when idle, or sends `Connection: close` on the response in flight)
+/// and drives it until it has.
+pub(crate) async fn serve<F: std::future::Future>(
+    conn: F,
+    mut draining: watch::Receiver<bool>,
+    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut F>),
+) -> F::Output {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        // `wait_for` sees a flag already set before this connection started.
+        // An error means the pod is gone: its connections are aborted anyway.
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    graceful_shutdown(conn.as_mut());
+    conn.await
 }
 
 async fn answer(
@@ -277,6 +339,9 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<PodBody>, io::Error> {
     let _in_flight = InFlight::new(state.clone());
+    // Lets a test that runs a pod in another process (echo_server with
+    // RUST_LOG=headless_lb=trace) see that a request is in flight.
+    tracing::trace!(pod = %state.addr, version = ?req.version(), "request received");
     let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
