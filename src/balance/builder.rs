@@ -65,7 +65,12 @@ pub(crate) struct Config {
     pub(crate) failure_accrual: u32,
     pub(crate) warn_interval: Duration,
     pub(crate) last_error_source: Option<LastErrorSource>,
+    /// Called when a pod fails in a way that says discovery may be stale.
+    pub(crate) on_endpoint_failure: Option<FailureHook>,
 }
+
+/// What [`Builder::on_endpoint_failure`] calls.
+pub(crate) type FailureHook = Arc<dyn Fn(SocketAddr) + Send + Sync + 'static>;
 
 // ===== impl Builder =====
 
@@ -162,6 +167,22 @@ impl Builder {
         self
     }
 
+    /// Called with the pod's address whenever a pod fails in a way that
+    /// suggests it is gone: a connect fails (refused, timed out, a server
+    /// that sent GOAWAY and closed its listener) or a connection breaks
+    /// under a request \[nothing\]. The clients use it to ask discovery for
+    /// an early lookup ([`Discovery::resolve_now`](crate::Discovery::resolve_now)),
+    /// so that a pod deleted from DNS leaves the set within about a second
+    /// rather than at the end of the record's TTL. Must be cheap and must
+    /// not block: it runs on the request path.
+    pub fn on_endpoint_failure(
+        mut self,
+        hook: impl Fn(SocketAddr) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_endpoint_failure = Some(Arc::new(hook));
+        self
+    }
+
     /// Starts the balancer over `discover` and returns its handle.
     ///
     /// Spawns one background task that polls `discover`, connects new
@@ -234,6 +255,7 @@ impl Default for Config {
             failure_accrual: DEFAULT_FAILURE_ACCRUAL,
             warn_interval: WARN_INTERVAL,
             last_error_source: None,
+            on_endpoint_failure: None,
         }
     }
 }
@@ -251,6 +273,7 @@ impl fmt::Debug for Config {
             .field("failure_accrual", &self.failure_accrual)
             .field("warn_interval", &self.warn_interval)
             .field("last_error_source", &self.last_error_source.is_some())
+            .field("on_endpoint_failure", &self.on_endpoint_failure.is_some())
             .finish()
     }
 }

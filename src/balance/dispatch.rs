@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
 
+use super::builder::Config;
 use super::completion::{Completion, PendingGuard};
 use super::endpoint::{Endpoint, Load};
 use super::handle::Balancer;
@@ -85,6 +86,9 @@ where
                 let error = error.into();
                 let Some(not_sent) = NotSent::<Req>::find(&*error) else {
                     guard.record_failure();
+                    if is_broken_connection(&*error) {
+                        endpoint_failed(config, addr);
+                    }
                     warn_failure(&balancer, &endpoint, &error, "request failed");
                     return Err(endpoint_error(&endpoint, false, error));
                 };
@@ -187,12 +191,37 @@ fn unsent_failure<Req, S, C>(
 ) {
     guard.record_failure();
     endpoint.mark_unhealthy();
+    endpoint_failed(&balancer.config, endpoint.addr);
     warn_failure(
         balancer,
         endpoint,
         error,
         "request not sent; endpoint will reconnect",
     );
+}
+
+/// Tells the owner of the balancer (discovery, through the clients) that
+/// `addr` failed in a way that suggests it is gone.
+fn endpoint_failed(config: &Config, addr: std::net::SocketAddr) {
+    if let Some(hook) = &config.on_endpoint_failure {
+        hook(addr);
+    }
+}
+
+/// True when `error` says the connection broke (reset, closed, I/O error)
+/// rather than that the request was refused by a live server.
+fn is_broken_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if e.is::<std::io::Error>()
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_closed() || h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn warn_failure<Req, S, C>(

@@ -236,6 +236,9 @@ where
             }
             Outcome::ConnectFailed(error) => {
                 endpoint.set_state(EndpointState::Backoff);
+                if let Some(hook) = &self.config.on_endpoint_failure {
+                    hook(addr);
+                }
                 let delay = self.backoff(failures);
                 if endpoint
                     .load

@@ -328,6 +328,11 @@ where
     config.last_error_source = Some(Arc::new(move || {
         errors.stats().last_error.map(|e| e.to_string())
     }));
+    // A pod that refuses connections or breaks them may be gone from DNS
+    // already: look again early (rate-limited by discovery) rather than at
+    // the end of the TTL.
+    let hint = discovery.clone();
+    config.on_endpoint_failure = Some(Arc::new(move |_| hint.resolve_now()));
     let balancer = Balancer::spawn(
         config,
         DnsDiscover::new(discovery.clone(), make),
