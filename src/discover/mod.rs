@@ -21,6 +21,4 @@ pub use self::diff::SetDiff;
 pub use self::dns_discover::DnsDiscover;
 #[doc(hidden)]
 pub use self::dns_discover::MakeFn;
-pub use self::refresh::{
-    Discovery, DiscoveryStats, EmptyAnswer, EndpointSet, Outcome, RefreshPolicy,
-};
+pub use self::refresh::{Discovery, DiscoveryStats, EmptyAnswer, RefreshPolicy};

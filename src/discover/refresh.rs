@@ -46,7 +46,7 @@ use crate::target::Target;
 use super::diff::SetDiff;
 
 /// A published endpoint set.
-pub type EndpointSet = Arc<BTreeSet<SocketAddr>>;
+pub(crate) type EndpointSet = Arc<BTreeSet<SocketAddr>>;
 
 /// What to do when DNS says a name has no records (NXDOMAIN or an empty answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,7 +114,7 @@ pub struct RefreshPolicy {
 
 /// The outcome of one lookup, as far as scheduling cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A good answer with this (shortest) TTL.
     Answer {
         /// The answer's shortest TTL.
@@ -157,7 +157,7 @@ impl RefreshPolicy {
     /// `min_refresh`); a negative TTL likewise, `min_refresh` when the server
     /// gave none; transient failures back off exponentially from
     /// `backoff_base`, doubling up to `backoff_max`.
-    pub fn base_delay(&self, outcome: Outcome) -> Duration {
+    pub(crate) fn base_delay(&self, outcome: Outcome) -> Duration {
         let clamp = |d: Duration| {
             d.max(self.min_refresh)
                 .min(self.max_refresh.max(self.min_refresh))
@@ -176,7 +176,7 @@ impl RefreshPolicy {
 
     /// The delay before the next lookup: [`base_delay`](Self::base_delay)
     /// scaled by `1 + jitter × (2r − 1)` for `r` in `[0, 1)`, i.e. ±`jitter`.
-    pub fn delay_after(&self, outcome: Outcome, r: f64) -> Duration {
+    pub(crate) fn delay_after(&self, outcome: Outcome, r: f64) -> Duration {
         let jitter = if self.jitter.is_finite() {
             self.jitter.clamp(0.0, 1.0)
         } else {
@@ -539,5 +539,51 @@ impl Refresh {
                 "DNS lookup failed; keeping the last good endpoint set"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Outcome, RefreshPolicy};
+
+    #[test]
+    fn jitter_stays_within_ten_percent_both_ways() {
+        let p = RefreshPolicy::default();
+        let ttl = Outcome::Answer {
+            ttl: Duration::from_secs(10),
+        };
+        assert_eq!(p.delay_after(ttl, 0.0), Duration::from_secs(9));
+        assert_eq!(p.delay_after(ttl, 0.5), Duration::from_secs(10));
+        for i in 0..1000 {
+            let d = p.delay_after(ttl, i as f64 / 1000.0);
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
+        }
+        // Bad inputs neither panic nor escape the bounds.
+        let weird = RefreshPolicy {
+            jitter: f64::NAN,
+            ..p.clone()
+        };
+        assert_eq!(
+            weird.delay_after(ttl, f64::INFINITY),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_thirty() {
+        let p = RefreshPolicy::default();
+        let delays: Vec<u64> = (1..=8)
+            .map(|failures| p.base_delay(Outcome::Failed { failures }).as_secs())
+            .collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(
+            p.base_delay(Outcome::Failed { failures: u32::MAX }),
+            Duration::from_secs(30)
+        );
     }
 }
