@@ -39,7 +39,10 @@ enum ConnectErrorKind {
 
 /// The kind, and for TLS the source's message: the name checked and why it
 /// failed belong in the one line a log shows.
-fn describe(kind: ConnectErrorKind, source: Option<&(dyn std::error::Error + Send + Sync)>) -> String {
+fn describe(
+    kind: ConnectErrorKind,
+    source: Option<&(dyn std::error::Error + Send + Sync)>,
+) -> String {
     match (kind, source) {
         (ConnectErrorKind::Tls, Some(source)) => source.to_string(),
         _ => kind.to_string(),

@@ -35,7 +35,7 @@ enum Inner {
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
-/// The TLS part of a [`TcpConnector`]: nothing without the `tls` feature
+/// The TLS part of a [`TcpConnector`](super::TcpConnector): nothing without the `tls` feature
 /// or before `TcpConnector::tls`.
 #[derive(Clone, Default)]
 pub(crate) struct TlsSetting {
@@ -196,10 +196,11 @@ mod imp {
     use tokio_rustls::TlsConnector;
     use tokio_rustls::client::TlsStream;
 
-    use super::{TcpConnector, TlsSetting};
+    use super::TlsSetting;
     use crate::endpoint::Endpoint;
     use crate::error::BuildError;
     use crate::http::Protocol;
+    use crate::http::TcpConnector;
 
     /// ALPN ids (RFC 7301 registry).
     const ALPN_H2: &[u8] = b"h2";
@@ -255,9 +256,8 @@ mod imp {
             };
             // The builders check the name; an `Endpoint` made by hand may
             // still carry a bad one: fail this connect, never panic.
-            let name = ServerName::try_from(endpoint.server_name().to_owned()).map_err(|e| {
-                fail(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
-            })?;
+            let name = ServerName::try_from(endpoint.server_name().to_owned())
+                .map_err(|e| fail(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
             let connector = match endpoint.protocol() {
                 Protocol::Http1 => &self.http1,
                 Protocol::Http2 => &self.http2,

@@ -85,6 +85,8 @@ struct PodState {
     tls: ServerTls,
     /// The protocol the last TLS connection chose by ALPN.
     last_alpn: Mutex<Option<Vec<u8>>>,
+    /// The scheme of the last HTTP/2 request (`:scheme`).
+    last_scheme: Mutex<Option<String>>,
     /// One task per accepted connection, so that `kill` can abort them all.
     conns: Mutex<JoinSet<()>>,
 }
@@ -149,6 +151,7 @@ impl Pod {
             last_version: Mutex::new(None),
             tls,
             last_alpn: Mutex::new(None),
+            last_scheme: Mutex::new(None),
             conns: Mutex::new(JoinSet::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, state.clone()));
@@ -220,6 +223,12 @@ impl Pod {
     /// `b"http/1.1"`); `None` before one did, and for plain TCP.
     pub fn last_alpn(&self) -> Option<Vec<u8>> {
         lock(&self.state.last_alpn).clone()
+    }
+
+    /// The `:scheme` of the last HTTP/2 request (`"https"` over TLS);
+    /// `None` before one, and for HTTP/1.1, which sends none.
+    pub fn last_scheme(&self) -> Option<String> {
+        lock(&self.state.last_scheme).clone()
     }
 
     /// True between `start`/`restart` and `kill`.
@@ -400,6 +409,9 @@ async fn answer(
     });
     *lock(&state.last_authority) = authority.clone();
     *lock(&state.last_version) = Some(req.version());
+    if let Some(scheme) = req.uri().scheme_str() {
+        *lock(&state.last_scheme) = Some(scheme.to_owned());
+    }
 
     let mut killed = state.kills.subscribe();
     let mut hang = state.hang.subscribe();

@@ -254,12 +254,10 @@ mod ca {
             names: &[&str],
         ) -> io::Result<Arc<ServerConfig>> {
             let cert = self.server_cert(names)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(self.roots()?),
-                provider(),
-            )
-            .build()
-            .map_err(other)?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+                    .build()
+                    .map_err(other)?;
             let mut config = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(other)?
