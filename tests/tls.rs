@@ -20,6 +20,8 @@ use headless_lb::testing::{AUTHORITY_HEADER, DnsServer, Pod, TestCa, wait_for};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+mod examples_support;
+
 const SERVICE: &str = "web.default.svc.cluster.local";
 const TTL: u32 = 1;
 /// How long pods may take to become Ready (DNS answer + TLS handshakes).
@@ -347,4 +349,142 @@ async fn tls_server_name_overrides_the_target_host() {
     let (per_pod, failures) = spread(&client, 5).await;
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(per_pod.get(&pod.addr().to_string()), Some(&5));
+}
+
+/// The command line: `echo_server --tls-cert --tls-key` pods (HTTP and
+/// gRPC) and `loadgen` / `http_client` with `--tls-ca`, through the same
+/// TLS code path, with 0 errors over both pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_tls_flags() {
+    use examples_support::{finish, json_line, spawn};
+
+    let ca = TestCa::new().unwrap();
+    let cert = ca.server_cert(&[SERVICE]).unwrap();
+    let dir = std::env::temp_dir().join(format!("headless-lb-tls-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    std::fs::write(&cert_pem, cert.cert_pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pem()).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+
+    let mut protocols = vec!["http"];
+    if cfg!(feature = "tonic") {
+        protocols.push("grpc");
+    }
+    for (i, protocol) in protocols.into_iter().enumerate() {
+        let ips = ips(147 + i as u8, 2);
+        let port = {
+            // A port free on both addresses; echo_server binds it just after.
+            let first = std::net::TcpListener::bind((ips[0], 0)).unwrap();
+            first.local_addr().unwrap().port()
+        };
+        let servers: Vec<_> = ips
+            .iter()
+            .map(|ip| {
+                spawn(
+                    "echo_server",
+                    &[
+                        "--listen".to_owned(),
+                        SocketAddr::new(*ip, port).to_string(),
+                        "--protocol".to_owned(),
+                        protocol.to_owned(),
+                        "--tls-cert".to_owned(),
+                        path(&cert_pem),
+                        "--tls-key".to_owned(),
+                        path(&key_pem),
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+        headless_lb::testing::wait_for_async(READY, "echo_server listening", || async {
+            for addr in &addrs {
+                if tokio::net::TcpStream::connect(addr).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let dns = dns_for(&addrs).await;
+        let target = format!("{SERVICE}:{port}");
+        let ns = dns.addr().to_string();
+
+        let mut args = vec![
+            target.as_str(),
+            "--nameserver",
+            &ns,
+            "--protocol",
+            protocol,
+            "--requests",
+            "400",
+            "--concurrency",
+            "8",
+            "--tls-ca",
+        ];
+        let ca_arg = path(&ca_pem);
+        args.push(&ca_arg);
+        if protocol == "http" {
+            args.push("--http2");
+        }
+        let report = json_line("loadgen", &finish("loadgen", spawn("loadgen", &args)).await);
+        assert_eq!(report["errors"], 0, "{protocol}: {report}");
+        assert_eq!(report["requests"], 400, "{protocol}: {report}");
+        for addr in &addrs {
+            let n = report["per_endpoint"][addr.to_string()]
+                .as_u64()
+                .unwrap_or(0);
+            assert!(n > 0, "{protocol}: {addr} served none: {report}");
+        }
+
+        if protocol == "http" {
+            let out = finish(
+                "http_client",
+                spawn(
+                    "http_client",
+                    &[target.as_str(), "--nameserver", &ns, "--tls-ca", &ca_arg],
+                ),
+            )
+            .await;
+            assert_eq!(
+                out.code,
+                Some(0),
+                "http_client: {}\n{}",
+                out.stdout,
+                out.stderr
+            );
+            assert_eq!(out.stdout.matches("200 OK").count(), 5, "{}", out.stdout);
+
+            // The wrong name: every connect fails, the run reports errors.
+            let out = finish(
+                "http_client",
+                spawn(
+                    "http_client",
+                    &[
+                        target.as_str(),
+                        "--nameserver",
+                        &ns,
+                        "--tls-ca",
+                        &ca_arg,
+                        "--tls-server-name",
+                        "other.example",
+                    ],
+                ),
+            )
+            .await;
+            assert_eq!(
+                out.code,
+                Some(1),
+                "http_client with the wrong name: {}",
+                out.stdout
+            );
+        }
+        drop(servers);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
