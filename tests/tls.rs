@@ -9,7 +9,6 @@
 #![cfg(feature = "tls")]
 
 use std::collections::BTreeMap;
-use std::error::Error as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
