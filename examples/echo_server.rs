@@ -6,7 +6,11 @@
 //! ```text
 //! cargo run --example echo_server -- --listen 127.0.0.11:8080 [--delay-ms N] [--protocol http|grpc] [--grace-ms N]
 //! cargo run --features tonic --example echo_server -- --listen 127.0.0.11:50051 --protocol grpc
+//! cargo run --features tls --example echo_server -- --listen 127.0.0.11:8443 --tls-cert cert.pem --tls-key key.pem
 //! ```
+//!
+//! With `--tls-cert` and `--tls-key` (PEM; build with `--features tls`) it
+//! serves over TLS: HTTP/1.1 and h2 (ALPN offers both), or gRPC.
 //!
 //! Serves until SIGTERM or SIGINT, then shuts down as a well-behaved pod
 //! does: stops accepting (new connections are refused), sends HTTP/2 GOAWAY
@@ -17,6 +21,7 @@
 //! exit with status 2 and a one-line message on stderr.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -42,6 +47,40 @@ struct Args {
     /// terminationGracePeriodSeconds minus its preStop sleep.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     grace_ms: u64,
+    /// Serve over TLS with this certificate chain (PEM; needs --tls-key and
+    /// the `tls` feature).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+// Only the server half is used here.
+#[cfg(feature = "tls")]
+#[allow(dead_code)]
+#[path = "common/tls.rs"]
+mod tls;
+
+/// The TLS configuration to serve with, if any; without the `tls` feature
+/// there never is one.
+#[cfg(feature = "tls")]
+type Tls = Option<std::sync::Arc<rustls::ServerConfig>>;
+#[cfg(not(feature = "tls"))]
+type Tls = Option<std::convert::Infallible>;
+
+/// The server configuration from --tls-cert and --tls-key, if given.
+fn tls_config(args: &Args) -> Result<Tls, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    #[cfg(feature = "tls")]
+    return tls::server_config(cert, key).map(Some);
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key);
+        Err("--tls-cert needs the example built with --features tls".to_owned())
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,11 +112,18 @@ async fn main() -> ExitCode {
         )
         .init();
 
+    let tls = match tls_config(&args) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let delay = Duration::from_millis(args.delay_ms);
     let grace = Duration::from_millis(args.grace_ms);
     match args.protocol {
-        Protocol::Http => serve_http(args.listen, delay, grace).await,
-        Protocol::Grpc => serve_grpc(args.listen, delay, grace).await,
+        Protocol::Http => serve_http(args.listen, delay, grace, tls).await,
+        Protocol::Grpc => serve_grpc(args.listen, delay, grace, tls).await,
     }
 }
 
@@ -165,8 +211,20 @@ async fn drain<F: std::future::Future<Output = bool>>(
     }
 }
 
-async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration) -> ExitCode {
-    let pod = match Pod::start(listen).await {
+async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration, tls: Tls) -> ExitCode {
+    let over = if tls.is_some() {
+        "HTTP/1.1 and h2 over TLS"
+    } else {
+        "HTTP/1.1 and h2c"
+    };
+    let started = match tls {
+        None => Pod::start(listen).await,
+        #[cfg(feature = "tls")]
+        Some(config) => Pod::start_tls(listen, config).await,
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match never {},
+    };
+    let pod = match started {
         Ok(pod) => pod,
         Err(err) => {
             eprintln!("error: cannot listen on {listen}: {err}");
@@ -176,7 +234,7 @@ async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration) -> Exi
     pod.set_delay(delay);
     let mut signals = Signals::register();
     eprintln!(
-        "echo_server listening on {} (HTTP/1.1 and h2c, delay {} ms)",
+        "echo_server listening on {} ({over}, delay {} ms)",
         pod.addr(),
         delay.as_millis()
     );
@@ -196,8 +254,17 @@ async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration) -> Exi
 }
 
 #[cfg(feature = "tonic")]
-async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration) -> ExitCode {
-    let pod = match headless_lb::testing::GrpcPod::start(listen).await {
+async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration, tls: Tls) -> ExitCode {
+    use headless_lb::testing::GrpcPod;
+    let over = if tls.is_some() { "TLS" } else { "h2c" };
+    let started = match tls {
+        None => GrpcPod::start(listen).await,
+        #[cfg(feature = "tls")]
+        Some(config) => GrpcPod::start_tls(listen, config).await,
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match never {},
+    };
+    let pod = match started {
         Ok(pod) => pod,
         Err(err) => {
             eprintln!("error: cannot listen on {listen}: {err}");
@@ -207,7 +274,7 @@ async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration) -> Exi
     pod.set_delay(delay);
     let mut signals = Signals::register();
     eprintln!(
-        "echo_server listening on {} (gRPC grpc.health.v1, h2c, SERVING, delay {} ms)",
+        "echo_server listening on {} (gRPC grpc.health.v1, {over}, SERVING, delay {} ms)",
         pod.addr(),
         delay.as_millis()
     );
@@ -227,7 +294,12 @@ async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration) -> Exi
 }
 
 #[cfg(not(feature = "tonic"))]
-async fn serve_grpc(_listen: SocketAddr, _delay: Duration, _grace: Duration) -> ExitCode {
+async fn serve_grpc(
+    _listen: SocketAddr,
+    _delay: Duration,
+    _grace: Duration,
+    _tls: Tls,
+) -> ExitCode {
     eprintln!("error: --protocol grpc needs the example built with --features tonic");
     ExitCode::from(2)
 }

@@ -3,11 +3,17 @@
 //!
 //! ```text
 //! cargo run --example http_client -- TARGET [--nameserver IP:PORT]
+//! cargo run --features tls --example http_client -- TARGET --tls-ca ca.pem [--tls-server-name NAME]
 //! ```
+//!
+//! `--tls-ca` (build with `--features tls`) speaks TLS to every pod,
+//! trusting the CA certificates in that PEM file; each pod's certificate is
+//! checked against the target's host, or `--tls-server-name`.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -23,6 +29,13 @@ struct Args {
     /// Use this DNS server (UDP and TCP) instead of /etc/resolv.conf.
     #[arg(long, value_name = "IP:PORT")]
     nameserver: Option<SocketAddr>,
+    /// TLS to the pods, trusting the CA certificates in this PEM file
+    /// (needs the `tls` feature).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// The name the pods' certificates are checked against [the target's host].
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
 }
 
 #[tokio::main]
@@ -33,6 +46,21 @@ async fn main() -> ExitCode {
     let mut builder = Client::builder();
     if let Some(ns) = args.nameserver {
         builder = builder.nameserver(ns);
+    }
+    if let Some(name) = &args.tls_server_name {
+        builder = builder.tls_server_name(name);
+    }
+    if let Some(ca) = &args.tls_ca {
+        #[cfg(feature = "tls")]
+        match common::tls::client_config(ca) {
+            Ok(config) => builder = builder.tls(config),
+            Err(e) => return common::usage_error(e),
+        }
+        #[cfg(not(feature = "tls"))]
+        return common::usage_error(format!(
+            "--tls-ca {} needs the tls feature: build with `--features tls`",
+            ca.display()
+        ));
     }
     let client: Client = match builder.build(&args.target) {
         Ok(client) => client,

@@ -4,6 +4,7 @@
 //! cargo run --example loadgen -- TARGET [--nameserver IP:PORT] [--protocol http|grpc]
 //!     [--mode p2c|round-robin|random|direct] [--concurrency N]
 //!     [--duration SECS | --requests N] [--path P] [--timeout-ms N] [--http2]
+//!     [--tls-ca PEM [--tls-server-name NAME]]
 //! ```
 //!
 //! stdout, once at the end:
@@ -39,6 +40,12 @@
 //! that ended in OK, by the pod that served them (`ServedBy` for `p2c`, the
 //! address sent to otherwise).
 //!
+//! `--tls-ca` (build with `--features tls`) speaks TLS to the pods, trusting
+//! the CA certificates in that PEM file and checking each pod's certificate
+//! against the target's host (or `--tls-server-name`); ALPN picks h2 with
+//! `--http2` and for gRPC. It applies to `p2c` (HTTP and gRPC) and to the
+//! HTTP `round-robin` and `random` baselines.
+//!
 //! Progress goes to stderr once a second. Bad arguments exit with status 2 and
 //! one line on stderr; a target that never resolves exits with status 1.
 
@@ -56,7 +63,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use headless_lb::http::{Client, HttpEndpoint, HttpEndpointBuilder, Protocol};
 use headless_lb::resolve::HickoryResolver;
-use headless_lb::{Discovery, Target};
+use headless_lb::{Discovery, Endpoint, Target};
 use http::uri::PathAndQuery;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -104,6 +111,17 @@ struct Args {
     /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
+    /// TLS to the pods, trusting the CA certificates in this PEM file
+    /// (needs the `tls` feature).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the pods' certificates are checked against [the target's host].
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+    /// The client configuration read from --tls-ca.
+    #[cfg(feature = "tls")]
+    #[arg(skip)]
+    tls: Option<rustls::ClientConfig>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,7 +205,27 @@ struct Outcome {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: Args = common::parse_args();
+    #[allow(unused_mut)]
+    let mut args: Args = common::parse_args();
+    if let Some(ca) = &args.tls_ca {
+        #[cfg(feature = "tls")]
+        match common::tls::client_config(ca) {
+            Ok(config) => args.tls = Some(config),
+            Err(e) => return common::usage_error(e),
+        }
+        #[cfg(not(feature = "tls"))]
+        return common::usage_error(format!(
+            "--tls-ca {} needs the tls feature: build with `--features tls`",
+            ca.display()
+        ));
+    }
+    if args.tls_ca.is_some()
+        && (args.mode == Mode::Direct || (args.mode != Mode::P2c && !is_http(&args)))
+    {
+        return common::usage_error(
+            "--tls-ca applies to --mode p2c, and to round-robin and random over HTTP",
+        );
+    }
     #[cfg(not(feature = "tonic"))]
     if let Proto::Grpc = args.protocol {
         return common::usage_error(
@@ -235,6 +273,10 @@ enum Failure {
     Runtime(String),
 }
 
+fn is_http(args: &Args) -> bool {
+    matches!(args.protocol, Proto::Http)
+}
+
 /// Waits for discovery's first non-empty endpoint set.
 async fn wait_first(
     discovery: Discovery,
@@ -280,6 +322,13 @@ async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure
         if let Some(ns) = args.nameserver {
             builder = builder.nameserver(ns);
         }
+        if let Some(name) = &args.tls_server_name {
+            builder = builder.tls_server_name(name);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(config) = &args.tls {
+            builder = builder.tls(config.clone());
+        }
         let client: Client = builder
             .build_target(target)
             .map_err(|e| Failure::Usage(e.to_string()))?;
@@ -310,12 +359,23 @@ async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure
     let authority = authority
         .parse()
         .map_err(|e| Failure::Usage(format!("bad authority {authority:?}: {e}")))?;
-    let builder = HttpEndpointBuilder::new(protocol).authority(authority);
+    #[allow(unused_mut)]
+    let mut builder = HttpEndpointBuilder::new(protocol).authority(authority);
+    #[cfg(feature = "tls")]
+    if let Some(config) = &args.tls {
+        builder = builder.tls(config.clone());
+    }
+    let server_name = args.tls_server_name.clone();
     let endpoints = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let published = endpoints.clone();
     tokio::spawn(common::follow::follow(
         discovery,
-        move |addr| builder.make::<ReqBody>(addr),
+        move |addr| match &server_name {
+            Some(name) => {
+                builder.make_for::<ReqBody>(&Endpoint::new(addr, name.as_str(), protocol))
+            }
+            None => builder.make::<ReqBody>(addr),
+        },
         move |current| published.store(Arc::new(current.values().cloned().collect())),
     ));
     // `follow` publishes the current set at once; wait for it.
@@ -597,6 +657,13 @@ mod grpc {
             let mut builder = headless_lb::grpc::Channel::builder();
             if let Some(ns) = args.nameserver {
                 builder = builder.nameserver(ns);
+            }
+            if let Some(name) = &args.tls_server_name {
+                builder = builder.tls_server_name(name);
+            }
+            #[cfg(feature = "tls")]
+            if let Some(config) = &args.tls {
+                builder = builder.tls(config.clone());
             }
             let channel = builder
                 .build_target(args.target.clone())

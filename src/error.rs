@@ -299,6 +299,15 @@ pub enum BuildError {
         /// The target, as displayed.
         target: String,
     },
+    /// The TLS server name (the target's host, or `tls_server_name`) is
+    /// neither a DNS name nor an IP address.
+    #[error("invalid TLS server name {name:?}: {reason}")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// Why it is not valid.
+        reason: String,
+    },
 }
 
 /// Why a request through a balanced client failed.

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod follow;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::process::ExitCode;
 

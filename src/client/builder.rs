@@ -64,6 +64,9 @@ pub(crate) struct Settings {
     /// HTTP: how long a request may take to its response head, overall.
     /// gRPC: the deadline of an RPC that carries no `grpc-timeout`.
     pub(crate) request_timeout: Option<Duration>,
+    /// The name every pod's certificate is checked against, instead of the
+    /// target's host (`tls_server_name`).
+    pub(crate) server_name: Option<Arc<str>>,
 }
 
 /// The `tower::Service<SocketAddr>` that [`DnsDiscover`] calls: the user's
@@ -87,11 +90,36 @@ impl<P> Builder<P> {
                 nameservers: Vec::new(),
                 resolver: None,
                 request_timeout: None,
+                server_name: None,
             },
             connector: TcpConnector::new(),
             layer: Identity::new(),
             _preset: PhantomData,
         }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<P, L> Builder<P, TcpConnector, L> {
+    /// TLS to every pod with `config` (cargo feature `tls`).
+    ///
+    /// Each pod's certificate is verified against the service's name, the
+    /// target's host (`web.default.svc.cluster.local`, not the pod's IP;
+    /// see [`tls_server_name`](Self::tls_server_name)), which SNI also
+    /// carries. ALPN offers `h2` for HTTP/2 and gRPC, `http/1.1` for
+    /// HTTP/1.1 (replacing `config.alpn_protocols`); requests carry
+    /// `:scheme https`. A client certificate in `config` (mTLS) goes to every
+    /// pod. A failed handshake is a failed connect of that pod: it backs off
+    /// and the request goes to another pod, with a
+    /// [`ConnectError`](crate::http::ConnectError) that names the pod and
+    /// the server name.
+    ///
+    /// With a [`connector`](Self::connector) of your own, do TLS there with
+    /// [`Endpoint::server_name`] and set [`https`](Self::https).
+    pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.connector = self.connector.tls(config);
+        self.settings.endpoint.https = true;
+        self
     }
 }
 
@@ -164,6 +192,26 @@ impl<P, C, L> Builder<P, C, L> {
             layer: Stack::new(layer, self.layer),
             _preset: PhantomData,
         }
+    }
+
+    /// The name every pod's TLS certificate is checked against and SNI
+    /// carries, when it is not the target's host \[the target's host, e.g.
+    /// `web.default.svc.cluster.local`\]: for a certificate issued for
+    /// another name, or a target given as an IP address. Connectors get it
+    /// as [`Endpoint::server_name`]. With TLS on, `build` fails with
+    /// [`BuildError::ServerName`] unless it is a DNS name or an IP address.
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        let name: String = name.into();
+        self.settings.server_name = Some(Arc::from(name.trim_end_matches('.')));
+        self
+    }
+
+    /// Requests carry `:scheme https` (HTTP/2 and gRPC) \[false;
+    /// [`tls`](Builder::tls) turns it on\]: for a TLS
+    /// [`connector`](Self::connector) of your own.
+    pub fn https(mut self, https: bool) -> Self {
+        self.settings.endpoint.https = https;
+        self
     }
 
     // ----- the balancer -----
@@ -315,10 +363,19 @@ where
             Arc::new(builder.build()?)
         }
     };
+    let server_name = settings
+        .server_name
+        .unwrap_or_else(|| Arc::from(server_name(&target)));
+    // With TLS on, a name no certificate can be checked against would fail
+    // every connect: refuse it here, with the name.
+    #[cfg(feature = "tls")]
+    if settings.endpoint.https {
+        crate::http::check_server_name(&server_name)?;
+    }
     let discovery = Discovery::spawn_with_policy(target.clone(), resolver, settings.refresh);
     let make = MakeForDiscovery {
         make,
-        server_name: Arc::from(server_name(&target)),
+        server_name,
         protocol: settings.endpoint.protocol,
         _req: PhantomData,
     };

@@ -1,13 +1,13 @@
-//! [`TcpConnector`]: the default transport, a plain TCP connection with `TCP_NODELAY`.
+//! [`TcpConnector`]: the default transport, a TCP connection with `TCP_NODELAY`, and TLS over it with the `tls` feature.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::tls::{PodStream, TlsSetting};
 use crate::endpoint::Endpoint;
 
 /// Opens a TCP connection to an endpoint, with `TCP_NODELAY` set.
@@ -20,9 +20,14 @@ use crate::endpoint::Endpoint;
 ///
 /// Nagle's algorithm is off because requests are small and latency-bound: with
 /// it on, a request written in two segments waits for the peer's delayed ACK.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// With the `tls` feature, `TcpConnector::tls` adds TLS with the pod's
+/// [`Endpoint::server_name`] as the verified name and SNI, and ALPN for its
+/// [`Endpoint::protocol`].
+#[derive(Debug, Clone, Default)]
 pub struct TcpConnector {
-    _priv: (),
+    /// TLS over the TCP connection, or none (the default).
+    pub(super) tls: TlsSetting,
 }
 
 // ===== impl TcpConnector =====
@@ -35,9 +40,9 @@ impl TcpConnector {
 }
 
 impl tower::Service<Endpoint> for TcpConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = PodStream;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<PodStream>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -45,10 +50,11 @@ impl tower::Service<Endpoint> for TcpConnector {
 
     fn call(&mut self, endpoint: Endpoint) -> Self::Future {
         let addr = endpoint.addr();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
+            tls.wrap(stream, &endpoint).await
         })
     }
 }

@@ -72,6 +72,8 @@ pub(crate) struct EndpointSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) http2: Http2Settings,
+    /// The connector speaks TLS: HTTP/2 requests carry `:scheme https`.
+    pub(crate) https: bool,
 }
 
 /// HTTP/2 connection settings: keepalive pings.
@@ -138,6 +140,7 @@ impl EndpointSettings {
                 keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
                 keep_alive_while_idle: false,
             },
+            https: false,
         }
     }
 }
@@ -220,6 +223,14 @@ impl<C> HttpEndpointBuilder<C> {
         }
     }
 
+    /// Requests carry `:scheme https` (HTTP/2, gRPC): set it with a TLS
+    /// connector of your own; [`tls`](HttpEndpointBuilder::tls) sets it.
+    /// Default: false (`:scheme` from the request URI, else `http`).
+    pub fn https(mut self, https: bool) -> Self {
+        self.settings.https = https;
+        self
+    }
+
     /// The protocol endpoints speak.
     pub fn protocol(&self) -> Protocol {
         self.settings.protocol
@@ -251,7 +262,8 @@ impl<C> HttpEndpointBuilder<C> {
         C: Clone,
     {
         let endpoint = endpoint.clone().with_protocol(self.settings.protocol);
-        let addressing = Addressing::new(self.authority.clone(), endpoint.addr());
+        let addressing = Addressing::new(self.authority.clone(), endpoint.addr())
+            .with_https(self.settings.https);
         HttpEndpoint {
             pool: Arc::new(Pool::new(
                 endpoint,
@@ -261,6 +273,19 @@ impl<C> HttpEndpointBuilder<C> {
             )),
             slot: Slot::Idle,
         }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl HttpEndpointBuilder<TcpConnector> {
+    /// TLS to every pod with `config` (cargo feature `tls`): see
+    /// [`TcpConnector::tls`]. Requests carry `:scheme https`. The server
+    /// name is the [`Endpoint`]'s: with [`make`](Self::make), the
+    /// configured authority's host, else the pod's IP.
+    pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.connector = self.connector.tls(config);
+        self.settings.https = true;
+        self
     }
 }
 

@@ -12,8 +12,13 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Returned (boxed) by [`HttpEndpoint`](super::HttpEndpoint)'s `poll_ready`. The
 /// request was never sent, so the balancer may try another endpoint. Cloneable,
 /// because every caller waiting for the same connect attempt gets the same error.
+///
+/// A failed TLS handshake ([`is_tls`](Self::is_tls)) names the server name
+/// the pod's certificate was checked against, and why it failed:
+/// `connect to 10.0.0.7:8443 failed: TLS handshake for server name
+/// "web.default.svc.cluster.local" failed: invalid peer certificate: ...`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("connect to {addr} failed: {kind}")]
+#[error("connect to {addr} failed: {}", describe(*.kind, .source.as_deref()))]
 pub struct ConnectError {
     addr: SocketAddr,
     kind: ConnectErrorKind,
@@ -28,6 +33,20 @@ enum ConnectErrorKind {
     Timeout,
     Io,
     Handshake,
+    /// The TLS handshake failed; the source says for which name and why.
+    Tls,
+}
+
+/// The kind, and for TLS the source's message: the name checked and why it
+/// failed belong in the one line a log shows.
+fn describe(
+    kind: ConnectErrorKind,
+    source: Option<&(dyn std::error::Error + Send + Sync)>,
+) -> String {
+    match (kind, source) {
+        (ConnectErrorKind::Tls, Some(source)) => source.to_string(),
+        _ => kind.to_string(),
+    }
 }
 
 impl fmt::Display for ConnectErrorKind {
@@ -37,6 +56,7 @@ impl fmt::Display for ConnectErrorKind {
             Self::Timeout => "connect timed out",
             Self::Io => "transport error",
             Self::Handshake => "HTTP handshake failed",
+            Self::Tls => "TLS handshake failed",
         })
     }
 }
@@ -44,18 +64,28 @@ impl fmt::Display for ConnectErrorKind {
 // ===== impl ConnectError =====
 
 impl ConnectError {
-    /// Classifies an error from the connector: refused if an `io::Error` with
-    /// kind `ConnectionRefused` is anywhere in its source chain.
+    /// Classifies an error from the connector: TLS if a
+    /// `TlsHandshakeError` is in its source chain (or wrapped in an
+    /// `io::Error` there), else refused if an `io::Error` with kind
+    /// `ConnectionRefused` is.
     pub(crate) fn transport(addr: SocketAddr, err: BoxError) -> Self {
         let mut refused = false;
+        let mut tls = false;
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
         while let Some(e) = cur {
+            tls |= is_tls_handshake_error(e);
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                // `io::Error::source` skips the error it wraps: look at it here.
+                tls |= io
+                    .get_ref()
+                    .is_some_and(|inner| is_tls_handshake_error(inner));
             }
             cur = e.source();
         }
-        let kind = if refused {
+        let kind = if tls {
+            ConnectErrorKind::Tls
+        } else if refused {
             ConnectErrorKind::Refused
         } else {
             ConnectErrorKind::Io
@@ -102,4 +132,22 @@ impl ConnectError {
     pub fn is_handshake(&self) -> bool {
         self.kind == ConnectErrorKind::Handshake
     }
+
+    /// True when TCP connected but the TLS handshake failed: a certificate
+    /// not valid for the server name or not trusted, a pod without TLS, a
+    /// client certificate missing. The message names the pod's address and
+    /// the server name checked.
+    pub fn is_tls(&self) -> bool {
+        self.kind == ConnectErrorKind::Tls
+    }
+}
+
+#[cfg(feature = "tls")]
+fn is_tls_handshake_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.is::<super::TlsHandshakeError>()
+}
+
+#[cfg(not(feature = "tls"))]
+fn is_tls_handshake_error(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
 }

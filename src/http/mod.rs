@@ -24,6 +24,7 @@ mod endpoint;
 mod error;
 mod pool;
 mod rewrite;
+mod tls;
 
 pub use self::body::{Body, CompleteOnBodyEnd, ServedBy};
 pub use self::client::{
@@ -37,6 +38,11 @@ pub use self::endpoint::{
 };
 pub(crate) use self::error::BoxError;
 pub use self::error::ConnectError;
+pub use self::tls::PodStream;
+#[cfg(feature = "tls")]
+pub use self::tls::TlsHandshakeError;
+#[cfg(feature = "tls")]
+pub(crate) use self::tls::check_server_name;
 
 use crate::endpoint::Endpoint;
 

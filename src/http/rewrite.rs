@@ -25,6 +25,9 @@ pub(crate) struct Addressing {
     configured: Option<(Authority, HeaderValue)>,
     /// The endpoint's own address, when neither the user nor the request names one.
     fallback: (Authority, HeaderValue),
+    /// The connection is TLS: HTTP/2 requests carry `:scheme https`
+    /// whatever their URI says, since the scheme names the transport.
+    https: bool,
 }
 
 /// What [`Addressing::apply`] replaced, to hand an unsent request back unchanged.
@@ -48,7 +51,14 @@ impl Addressing {
                 let v = header_value(&a);
                 (a, v)
             },
+            https: false,
         }
+    }
+
+    /// Over TLS (`true`), HTTP/2 requests carry `:scheme https`.
+    pub(crate) fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
+        self
     }
 
     /// Rewrites `req` for `protocol`. The authority is, in order: the
@@ -85,7 +95,10 @@ impl Addressing {
             // Origin-form: the connection already names the host.
             Protocol::Http1 => Uri::from(path),
             Protocol::Http2 => Uri::builder()
-                .scheme(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP))
+                .scheme(match self.https {
+                    true => Scheme::HTTPS,
+                    false => req.uri().scheme().cloned().unwrap_or(Scheme::HTTP),
+                })
                 .authority(authority)
                 .path_and_query(path)
                 .build()?,
@@ -161,6 +174,17 @@ mod tests {
         a.apply(Protocol::Http2, &mut req).unwrap();
         assert_eq!(req.uri(), "http://web.default.svc.cluster.local:8080/api/x");
         assert!(req.headers().get(HOST).is_none());
+    }
+
+    #[test]
+    fn http2_over_tls_sends_https_whatever_the_request_says() {
+        let a = addressing(Some("web.default.svc.cluster.local:8443"), "10.0.0.1:8443")
+            .with_https(true);
+        for uri in ["/x", "http://web/x"] {
+            let mut req = request(uri);
+            a.apply(Protocol::Http2, &mut req).unwrap();
+            assert_eq!(req.uri(), "https://web.default.svc.cluster.local:8443/x");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower::ServiceExt;
 
+use super::tls::ServerTls;
+
 /// A gRPC pod: a tonic `grpc.health.v1.Health` server that answers every
 /// `Check` with `SERVING`, and every `Watch` with one `SERVING` message on a
 /// stream that stays open until [`end_streams`](Self::end_streams) (or a kill).
@@ -67,6 +69,8 @@ struct PodState {
     in_flight: AtomicU64,
     open_streams: AtomicU64,
     connections: AtomicU64,
+    /// TLS for every connection, or plain TCP.
+    tls: ServerTls,
     conns: Mutex<JoinSet<()>>,
 }
 
@@ -90,6 +94,36 @@ impl GrpcPod {
 
     /// Binds `addr` (port 0 picks a free port) and starts serving.
     pub async fn start(addr: SocketAddr) -> io::Result<GrpcPod> {
+        Self::start_with(addr, ServerTls::default()).await
+    }
+
+    /// Like [`start`](Self::start), serving gRPC over TLS with `config`
+    /// (features `testing` and `tls`; certificates from
+    /// [`TestCa`](super::TestCa)).
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<GrpcPod> {
+        Self::start_with(addr, ServerTls::new(config)).await
+    }
+
+    /// [`start_all`](Self::start_all) with TLS: one pod per IP, one port,
+    /// each serving with `config`.
+    #[cfg(feature = "tls")]
+    pub async fn start_all_tls(
+        ips: &[IpAddr],
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<Vec<GrpcPod>> {
+        super::pod::start_on_one_port(
+            ips,
+            |addr| GrpcPod::start_tls(addr, config.clone()),
+            GrpcPod::addr,
+        )
+        .await
+    }
+
+    async fn start_with(addr: SocketAddr, tls: ServerTls) -> io::Result<GrpcPod> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(PodState {
@@ -103,6 +137,7 @@ impl GrpcPod {
             in_flight: AtomicU64::new(0),
             open_streams: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            tls,
             conns: Mutex::new(JoinSet::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, state.clone()));
@@ -343,7 +378,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
         let mut conns = lock(&state.conns);
         while conns.try_join_next().is_some() {}
         let draining = state.draining.subscribe();
+        let tls = state.tls.clone();
         conns.spawn(async move {
+            // The TLS handshake runs here, not in the accept loop.
+            let Some(stream) = tls.accept(stream).await else {
+                return;
+            };
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(err) = super::pod::serve(conn, draining, |c| c.graceful_shutdown()).await {

@@ -12,6 +12,8 @@
 //!   with its own address, and can be made slow, failing, hung, killed and restarted.
 //! - [`GrpcPod`] (with the `tonic` feature): a real grpc.health.v1 server on
 //!   a 127.0.0.x address, with the same knobs, for the gRPC channel.
+//! - With the `tls` feature, [`TestCa`]: a CA that issues certificates for
+//!   the service's name, and `Pod::start_tls` / `GrpcPod::start_tls`.
 //! - [`wait_for`] / [`wait_for_async`]: poll a condition with a deadline instead
 //!   of sleeping a fixed time.
 //!
@@ -41,6 +43,10 @@ pub use hickory_proto::rr::RecordType;
 
 mod pod;
 pub use self::pod::{AUTHORITY_HEADER, Pod};
+
+mod tls;
+#[cfg(feature = "tls")]
+pub use self::tls::{TestCa, TestCert};
 
 #[cfg(feature = "tonic")]
 mod grpc_pod;

@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::tls::ServerTls;
+
 /// How long a pod in [`Pod::set_reset`] mode waits between the first half
 /// of a body and the abort, so that the head and that half reach the client.
 const RESET_AFTER: Duration = Duration::from_millis(20);
@@ -79,6 +81,12 @@ struct PodState {
     connections: AtomicU64,
     last_authority: Mutex<Option<String>>,
     last_version: Mutex<Option<Version>>,
+    /// TLS for every connection, or plain TCP.
+    tls: ServerTls,
+    /// The protocol the last TLS connection chose by ALPN.
+    last_alpn: Mutex<Option<Vec<u8>>>,
+    /// The scheme of the last HTTP/2 request (`:scheme`).
+    last_scheme: Mutex<Option<String>>,
     /// One task per accepted connection, so that `kill` can abort them all.
     conns: Mutex<JoinSet<()>>,
 }
@@ -98,6 +106,33 @@ impl Pod {
 
     /// Binds `addr` (port 0 picks a free port) and starts serving.
     pub async fn start(addr: SocketAddr) -> io::Result<Pod> {
+        Self::start_with(addr, ServerTls::default()).await
+    }
+
+    /// Like [`start`](Self::start), serving HTTP/1.1 and HTTP/2 over TLS
+    /// with `config` (features `testing` and `tls`; certificates from
+    /// [`TestCa`](super::TestCa)). Whether a connection speaks h2 follows
+    /// the client: by ALPN ([`last_alpn`](Self::last_alpn)), or h2 with
+    /// prior knowledge.
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<Pod> {
+        Self::start_with(addr, ServerTls::new(config)).await
+    }
+
+    /// [`start_all`](Self::start_all) with TLS: one pod per IP, one port,
+    /// each serving with `config`.
+    #[cfg(feature = "tls")]
+    pub async fn start_all_tls(
+        ips: &[std::net::IpAddr],
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<Vec<Pod>> {
+        start_on_one_port(ips, |addr| Pod::start_tls(addr, config.clone()), Pod::addr).await
+    }
+
+    async fn start_with(addr: SocketAddr, tls: ServerTls) -> io::Result<Pod> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(PodState {
@@ -114,6 +149,9 @@ impl Pod {
             connections: AtomicU64::new(0),
             last_authority: Mutex::new(None),
             last_version: Mutex::new(None),
+            tls,
+            last_alpn: Mutex::new(None),
+            last_scheme: Mutex::new(None),
             conns: Mutex::new(JoinSet::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, state.clone()));
@@ -179,6 +217,18 @@ impl Pod {
     /// The HTTP version of the last request.
     pub fn last_version(&self) -> Option<Version> {
         *lock(&self.state.last_version)
+    }
+
+    /// The protocol the last TLS connection chose by ALPN (`b"h2"`,
+    /// `b"http/1.1"`); `None` before one did, and for plain TCP.
+    pub fn last_alpn(&self) -> Option<Vec<u8>> {
+        lock(&self.state.last_alpn).clone()
+    }
+
+    /// The `:scheme` of the last HTTP/2 request (`"https"` over TLS);
+    /// `None` before one, and for HTTP/1.1, which sends none.
+    pub fn last_scheme(&self) -> Option<String> {
+        lock(&self.state.last_scheme).clone()
     }
 
     /// True between `start`/`restart` and `kill`.
@@ -304,7 +354,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
         // Reap finished connections so a long-lived pod does not grow.
         while conns.try_join_next().is_some() {}
         let draining = state.draining.subscribe();
+        let tls_state = state.clone();
         conns.spawn(async move {
+            // TLS handshakes run here, not in the accept loop, so a slow
+            // client delays only its own connection.
+            let Some(stream) = tls_state.tls.accept(stream).await else {
+                return;
+            };
+            if let Some(alpn) = stream.alpn_protocol() {
+                *lock(&tls_state.last_alpn) = Some(alpn);
+            }
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(err) = serve(conn, draining, |c| c.graceful_shutdown()).await {
@@ -350,6 +409,9 @@ async fn answer(
     });
     *lock(&state.last_authority) = authority.clone();
     *lock(&state.last_version) = Some(req.version());
+    if let Some(scheme) = req.uri().scheme_str() {
+        *lock(&state.last_scheme) = Some(scheme.to_owned());
+    }
 
     let mut killed = state.kills.subscribe();
     let mut hang = state.hang.subscribe();
