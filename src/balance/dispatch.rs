@@ -89,6 +89,16 @@ where
                     if is_broken_connection(&*error) {
                         endpoint_failed(config, addr);
                     }
+                    if peer_unreachable(&*error) {
+                        // The connection timed out under the request: the pod's
+                        // kernel stopped acknowledging (a black-holed IP, a lost
+                        // node). Every request on it fails the same way, so stop
+                        // picking it now and let the background task reconnect
+                        // (each attempt ends at `connect_timeout` with no request
+                        // waiting on it), instead of waiting for failure accrual
+                        // or sending the next request into a new connect.
+                        endpoint.mark_unhealthy();
+                    }
                     warn_failure(&balancer, &endpoint, &error, "request failed");
                     return Err(endpoint_error(&endpoint, false, error));
                 };
@@ -238,6 +248,32 @@ fn warn_failure<Req, S, C>(
     } else {
         tracing::debug!(endpoint = %endpoint.addr, %error, "{message}");
     }
+}
+
+/// Whether `error` says the pod stopped answering at the transport level:
+/// an `io::Error` of kind `TimedOut` (the kernel's `ETIMEDOUT` from
+/// `TCP_USER_TIMEOUT` or keepalive) or a hyper timeout (an HTTP/2 keepalive
+/// PING left unanswered) anywhere in its source chain.
+///
+/// Timeouts of the caller's own (a request timeout, a timeout layer) are not
+/// this: they say the request was slow, not that the pod is gone, and the
+/// balancer's load accounting handles them.
+fn peer_unreachable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && hyper.is_timeout()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn endpoint_error<S>(endpoint: &Endpoint<S>, not_sent: bool, source: BoxError) -> BalanceError {

@@ -123,6 +123,42 @@ impl<P, L> Builder<P, TcpConnector, L> {
     }
 }
 
+impl<P, L> Builder<P, TcpConnector, L> {
+    // ----- the default connector's sockets -----
+
+    /// `TCP_USER_TIMEOUT` on every pod connection: how long written data or
+    /// a keepalive probe may go unacknowledged by the pod before the
+    /// connection closes and its requests fail \[10 s\]; `None` leaves the
+    /// system's (about 15 minutes). Linux only.
+    ///
+    /// With [`tcp_keepalive`](Self::tcp_keepalive) this bounds how long a
+    /// request waits on a pod whose packets are dropped (a deleted pod's
+    /// black-holed IP, a crashed node): it fails about this long after the
+    /// pod last answered, and the pod is taken out of picks and reconnected
+    /// in the background. A slow or frozen pod's kernel still acknowledges,
+    /// so this never cuts a slow request short. Applies to the default
+    /// [`TcpConnector`]; a connector of your own sets its own (wrap a
+    /// configured `TcpConnector` to keep these).
+    pub fn tcp_user_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connector = self.connector.tcp_user_timeout(timeout);
+        self
+    }
+
+    /// TCP keepalive on every pod connection: a probe after `idle` without
+    /// receiving anything, then one a second \[5 s\]; `None` turns it off.
+    ///
+    /// The probes are what make [`tcp_user_timeout`](Self::tcp_user_timeout)
+    /// catch a pod that vanished while a request waits for its response with
+    /// nothing left to acknowledge. The pod's kernel answers them, so unlike
+    /// HTTP/2 PINGs ([`http2_keep_alive`](Self::http2_keep_alive)) no
+    /// server policy (gRPC's `too_many_pings`) limits them, and they work
+    /// for HTTP/1.1 too.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.connector = self.connector.tcp_keepalive(idle);
+        self
+    }
+}
+
 impl<P, C, L> Builder<P, C, L> {
     // ----- pod connections -----
 
@@ -145,11 +181,14 @@ impl<P, C, L> Builder<P, C, L> {
     /// close it (failing its requests and streams) if the PING goes
     /// unanswered for `timeout` \[none, 20 s\].
     ///
-    /// Finds a pod that vanished without closing its sockets (a node crash)
-    /// while a request waits on it. gRPC servers allow one PING per 5
-    /// minutes by default and close connections that ping more often; raise
-    /// their limit (`permit_keepalive_time`, grpc-go's `EnforcementPolicy`)
-    /// before pinging more often.
+    /// Off by default: [`tcp_keepalive`](Builder::tcp_keepalive) and
+    /// [`tcp_user_timeout`](Builder::tcp_user_timeout) already end requests
+    /// on a pod that vanished, for every protocol. PINGs are for what TCP
+    /// keepalive cannot see, such as a proxy between client and pod that
+    /// keeps the TCP connection up. gRPC servers allow one PING per 5
+    /// minutes by default (grpc-go's `EnforcementPolicy.MinTime`) and answer
+    /// more with `GOAWAY too_many_pings`, failing the connection's RPCs;
+    /// raise their limit (`permit_keepalive_time`) before pinging more often.
     pub fn http2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
         self.settings.endpoint.http2.keep_alive_interval = interval;
         self.settings.endpoint.http2.keep_alive_timeout = timeout;
@@ -164,7 +203,8 @@ impl<P, C, L> Builder<P, C, L> {
 
     /// Opens pod connections with `connector`, a `tower::Service<`[`Endpoint`]`>`
     /// yielding a hyper I/O object: TLS of your own, a proxy, socket options
-    /// [`TcpConnector`: plain TCP with `TCP_NODELAY`]. The [`Endpoint`] names
+    /// [`TcpConnector`: plain TCP with `TCP_NODELAY`, keepalive and a user
+    /// timeout]. The [`Endpoint`] names
     /// the pod's address, the service's name and the protocol, so a TLS
     /// connector can verify the service's certificate and offer ALPN.
     pub fn connector<C2>(self, connector: C2) -> Builder<P, C2, L> {

@@ -1,4 +1,4 @@
-//! [`TcpConnector`]: the default transport, a TCP connection with `TCP_NODELAY`, and TLS over it with the `tls` feature.
+//! [`TcpConnector`]: the default transport, a TCP connection with `TCP_NODELAY`, keepalive and a user timeout, and TLS over it with the `tls` feature.
 
 use std::future::Future;
 use std::io;
@@ -7,10 +7,12 @@ use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 
+use super::socket::SocketOptions;
 use super::tls::{PodStream, TlsSetting};
 use crate::endpoint::Endpoint;
 
-/// Opens a TCP connection to an endpoint, with `TCP_NODELAY` set.
+/// Opens a TCP connection to an endpoint, with `TCP_NODELAY`, TCP keepalive
+/// and `TCP_USER_TIMEOUT` set.
 ///
 /// The default connector of [`HttpEndpointBuilder`](super::HttpEndpointBuilder).
 /// Any `tower::Service<Endpoint>` whose response implements hyper's
@@ -24,16 +26,26 @@ use crate::endpoint::Endpoint;
 /// With the `tls` feature, `TcpConnector::tls` adds TLS with the pod's
 /// [`Endpoint::server_name`] as the verified name and SNI, and ALPN for its
 /// [`Endpoint::protocol`].
+///
+/// Keepalive and the user timeout end a connection to a pod that stopped
+/// answering at the TCP level (a black-holed IP, a crashed node) in about
+/// [`tcp_user_timeout`](Self::tcp_user_timeout), failing its requests, where
+/// TCP alone would wait about 15 minutes or for ever; see
+/// [`tcp_keepalive`](Self::tcp_keepalive).
 #[derive(Debug, Clone, Default)]
 pub struct TcpConnector {
     /// TLS over the TCP connection, or none (the default).
     pub(super) tls: TlsSetting,
+    /// Set by the methods in `socket.rs`.
+    pub(super) socket: SocketOptions,
 }
 
 // ===== impl TcpConnector =====
 
 impl TcpConnector {
-    /// A connector that sets `TCP_NODELAY`.
+    /// A connector that sets `TCP_NODELAY`, keepalive after
+    /// [`DEFAULT_TCP_KEEPALIVE`](super::DEFAULT_TCP_KEEPALIVE) and a user
+    /// timeout of [`DEFAULT_TCP_USER_TIMEOUT`](super::DEFAULT_TCP_USER_TIMEOUT).
     pub fn new() -> Self {
         Self::default()
     }
@@ -51,9 +63,10 @@ impl tower::Service<Endpoint> for TcpConnector {
     fn call(&mut self, endpoint: Endpoint) -> Self::Future {
         let addr = endpoint.addr();
         let tls = self.tls.clone();
+        let socket = self.socket;
         Box::pin(async move {
             let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
+            socket.apply(&stream)?;
             tls.wrap(stream, &endpoint).await
         })
     }

@@ -24,6 +24,7 @@ mod endpoint;
 mod error;
 mod pool;
 mod rewrite;
+mod socket;
 mod tls;
 
 pub use self::body::{Body, CompleteOnBodyEnd, ServedBy};
@@ -38,6 +39,9 @@ pub use self::endpoint::{
 };
 pub(crate) use self::error::BoxError;
 pub use self::error::ConnectError;
+pub use self::socket::{
+    DEFAULT_TCP_KEEPALIVE, DEFAULT_TCP_USER_TIMEOUT, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES,
+};
 pub use self::tls::PodStream;
 #[cfg(feature = "tls")]
 pub use self::tls::TlsHandshakeError;
