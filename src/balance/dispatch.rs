@@ -89,7 +89,7 @@ where
                     if is_broken_connection(&*error) {
                         endpoint_failed(config, addr);
                     }
-                    if peer_unreachable(&*error) {
+                    if crate::http::is_peer_timeout(&*error) {
                         // The connection timed out under the request: the pod's
                         // kernel stopped acknowledging (a black-holed IP, a lost
                         // node). Every request on it fails the same way, so stop
@@ -248,32 +248,6 @@ fn warn_failure<Req, S, C>(
     } else {
         tracing::debug!(endpoint = %endpoint.addr, %error, "{message}");
     }
-}
-
-/// Whether `error` says the pod stopped answering at the transport level:
-/// an `io::Error` of kind `TimedOut` (the kernel's `ETIMEDOUT` from
-/// `TCP_USER_TIMEOUT` or keepalive) or a hyper timeout (an HTTP/2 keepalive
-/// PING left unanswered) anywhere in its source chain.
-///
-/// Timeouts of the caller's own (a request timeout, a timeout layer) are not
-/// this: they say the request was slow, not that the pod is gone, and the
-/// balancer's load accounting handles them.
-fn peer_unreachable(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
-            && hyper.is_timeout()
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }
 
 fn endpoint_error<S>(endpoint: &Endpoint<S>, not_sent: bool, source: BoxError) -> BalanceError {

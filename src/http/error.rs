@@ -151,3 +151,28 @@ fn is_tls_handshake_error(e: &(dyn std::error::Error + 'static)) -> bool {
 fn is_tls_handshake_error(_: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
+
+/// Whether `error` says a pod stopped answering at the transport level: an
+/// `io::Error` of kind `TimedOut` (the kernel's `ETIMEDOUT` from
+/// `TCP_USER_TIMEOUT` or keepalive) or a hyper timeout (an HTTP/2 keepalive
+/// PING left unanswered) anywhere in its source chain.
+///
+/// Timeouts of the caller's own (a request timeout, a timeout layer) are not
+/// this: they say a request was slow, not that the pod is unreachable.
+pub(crate) fn is_peer_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && hyper.is_timeout()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

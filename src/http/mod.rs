@@ -39,6 +39,7 @@ pub use self::endpoint::{
 };
 pub(crate) use self::error::BoxError;
 pub use self::error::ConnectError;
+pub(crate) use self::error::is_peer_timeout;
 pub use self::socket::{
     DEFAULT_TCP_KEEPALIVE, DEFAULT_TCP_USER_TIMEOUT, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES,
 };

@@ -218,6 +218,13 @@ impl<B, C> Pool<B, C> {
         give(self.lock(), conn);
     }
 
+    /// Drops every idle connection (HTTP/2: the shared one); their drivers
+    /// give their slots back as hyper closes them.
+    fn forget_idle(&self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        drop(idle);
+    }
+
     fn connected(&self, result: Result<Conn<B>, ConnectError>) {
         let mut st = self.lock();
         match result {
@@ -344,11 +351,26 @@ where
     C: Connect,
     F: std::future::Future<Output = hyper::Result<()>>,
 {
-    match conn.await {
-        Ok(()) => tracing::debug!(endpoint = %addr, "connection closed"),
-        Err(err) => tracing::debug!(endpoint = %addr, error = %err, "connection failed"),
-    }
+    let unreachable = match conn.await {
+        Ok(()) => {
+            tracing::debug!(endpoint = %addr, "connection closed");
+            false
+        }
+        Err(err) => {
+            tracing::debug!(endpoint = %addr, error = %err, "connection failed");
+            super::is_peer_timeout(&err)
+        }
+    };
     if let Some(pool) = pool.upgrade() {
+        if unreachable {
+            // The pod's kernel stopped acknowledging (TCP user timeout or
+            // keepalive): its other idle connections are as dead, but would
+            // each take up to the user timeout to find out, and one handed
+            // to a request in the meantime would hold it that long. Drop
+            // them, so that the next checkout connects afresh (and fails at
+            // `connect_timeout` while the pod stays unreachable).
+            pool.forget_idle();
+        }
         pool.closed();
     }
 }
