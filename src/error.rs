@@ -268,8 +268,12 @@ impl BalanceError {
         matches!(self, Self::Endpoint { .. })
     }
 
-    /// True when the request was certainly never written to a connection,
-    /// so that the caller may retry it without risk of a duplicate.
+    /// True when the request may be sent again without risk of a
+    /// duplicate effect: it was certainly never written to a connection, or
+    /// (HTTP/1.1) it is idempotent with no body and its reused connection
+    /// closed before any byte of a response (see
+    /// [`HttpEndpoint`](crate::http::HttpEndpoint)), and every pod tried
+    /// failed it so.
     pub fn is_not_sent(&self) -> bool {
         matches!(self, Self::Endpoint { not_sent: true, .. })
     }

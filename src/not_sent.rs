@@ -12,10 +12,14 @@ use tower::BoxError;
 /// Endpoint services return it (converted into their error type, e.g. a
 /// `BoxError`) when the connection failed before the request was written:
 /// connect refused or timed out, or the connection closed while the request
-/// was queued. The balancer then marks the endpoint for reconnection and
-/// retries the request on another endpoint, at most `max_retries` times.
-/// Any other error from `call()` is returned to the caller as is: a request
-/// that may have reached a server is never retried by the library.
+/// was queued; and for an idempotent HTTP/1.1 request with no body whose
+/// reused connection closed before any byte of its response, which may be
+/// sent twice without effect (RFC 9110 §9.2.2; see
+/// [`HttpEndpoint`](crate::http::HttpEndpoint)). The balancer then marks the
+/// endpoint for reconnection and retries the request on another endpoint, at
+/// most `max_retries` times. Any other error from `call()` is returned to the
+/// caller as is: a request whose replay could have an effect is never
+/// retried by the library.
 ///
 /// The balancer finds a `NotSent` anywhere in the error's
 /// [`source`](Error::source) chain, so wrapping layers (timeouts, error

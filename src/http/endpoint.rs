@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 
 use super::error::BoxError;
-use super::pool::{Checkout, Conn, Pool};
+use super::pool::{Checkout, Conn, H1Conn, Pool};
+use super::replay::{self, SendBody};
 use super::rewrite::{Addressing, Restore};
 use super::{Connect, RequestBody, TcpConnector};
 use crate::endpoint::{Endpoint, MakeEndpoint};
@@ -99,8 +101,17 @@ pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 ///   a warm-up and a health check.
 /// - `call` sends the request on the connection `poll_ready` reserved. If the
 ///   connection closed before the request was written, the error is a
-///   [`NotSent`] carrying the request back unchanged; any other error may
-///   have reached the server.
+///   [`NotSent`] carrying the request back unchanged. HTTP/1.1 also hands
+///   back an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE)
+///   with no body whose *reused* connection closed before any byte of its
+///   response (the pod closed an idle keep-alive connection as the request
+///   was written): sending it again has the effect of sending it once (RFC
+///   9110 §9.2.2; Go's `net/http` does the same). Any other error may have
+///   reached the server and is returned: a POST, a request with a body, a
+///   failure on a fresh connection or after a response byte.
+/// - A connection the pod is closing takes no new request: one whose
+///   response said `Connection: close`, or that received an HTTP/2 GOAWAY,
+///   is dropped from the pool and replaced by a new one on demand.
 /// - Clones share the connections; each clone holds at most one reservation,
 ///   released when it is used or dropped.
 /// - HTTP/1.1: when every connection is busy, `poll_ready` returns `Pending`
@@ -391,32 +402,8 @@ where
             }
         };
         let response = match conn {
-            Conn::H1(mut tx) => {
-                let response = tx.try_send_request(req);
-                let pool = Arc::downgrade(&self.pool);
-                Box::pin(async move {
-                    let result = response.await;
-                    if result.is_ok() {
-                        // Back to the idle list once the exchange is over
-                        // (response body read or dropped). Not before the
-                        // response head: until hyper's dispatcher has taken
-                        // the request, `ready()` can report a stale "ready"
-                        // (see `Receiver::poll_recv` in hyper's dispatch.rs),
-                        // and a second request would queue behind this one.
-                        tokio::spawn(async move {
-                            if tx.ready().await.is_ok()
-                                && let Some(pool) = pool.upgrade()
-                            {
-                                pool.checkin(Conn::H1(tx));
-                            }
-                        });
-                    }
-                    // On error `tx` is dropped: hyper closes a connection whose
-                    // exchange failed or was cancelled.
-                    result
-                }) as Pin<Box<dyn Future<Output = _> + Send>>
-            }
-            Conn::H2(mut tx) => Box::pin(tx.try_send_request(req)),
+            Conn::H1(conn) => return send_h1(&self.pool, conn, req, restore),
+            Conn::H2(mut tx) => tx.try_send_request(req),
         };
         Box::pin(async move {
             response
@@ -425,6 +412,92 @@ where
         })
     }
 }
+
+/// Sends `req` on an HTTP/1.1 connection; the response, or a [`NotSent`]
+/// carrying the request back when it may go to another pod (the rule in
+/// `replay.rs`: never written; or idempotent, no body, reused connection, no
+/// response byte), or the error.
+fn send_h1<B, C>(
+    pool: &Arc<Pool<B, C>>,
+    conn: H1Conn<B>,
+    req: http::Request<B>,
+    restore: Restore,
+) -> ResponseFuture
+where
+    B: RequestBody,
+    C: Connect,
+{
+    let H1Conn {
+        mut tx,
+        quiet,
+        reused,
+    } = conn;
+    // A replayable request keeps its head and its (finished) body here;
+    // hyper gets a copy of the head and an empty body in its place.
+    let (req, kept) = if reused && replay::idempotent(req.method()) && req.body().is_end_stream() {
+        let (parts, body) = req.into_parts();
+        let empty = SendBody::Empty(body.size_hint());
+        (
+            http::Request::from_parts(parts.clone(), empty),
+            Some((parts, body)),
+        )
+    } else {
+        (req.map(SendBody::Body), None)
+    };
+    quiet.store(true, Ordering::Release);
+    let response = tx.try_send_request(req);
+    let pool = Arc::downgrade(pool);
+    Box::pin(async move {
+        let mut err = match response.await {
+            Ok(response) => {
+                // Back to the idle list once the exchange is over (response
+                // body read or dropped). Not before the response head: until
+                // hyper's dispatcher has taken the request, `ready()` can
+                // report a stale "ready" (see `Receiver::poll_recv` in hyper's
+                // dispatch.rs), and a second request would queue behind this one.
+                tokio::spawn(async move {
+                    if tx.ready().await.is_ok()
+                        && let Some(pool) = pool.upgrade()
+                    {
+                        pool.checkin(Conn::H1(H1Conn {
+                            tx,
+                            quiet,
+                            reused: true,
+                        }));
+                    }
+                });
+                return Ok(response);
+            }
+            // `tx` is dropped: hyper closes a connection whose exchange
+            // failed or was cancelled.
+            Err(err) => err,
+        };
+        let unsent = err.take_message().map(http::Request::into_parts);
+        let error = err.into_error();
+        let (parts, body, cause): (_, _, BoxError) = match (unsent, kept) {
+            // Never written: hyper gave it back.
+            (Some((parts, SendBody::Body(body))), _) => (parts, body, error.into()),
+            (Some((parts, SendBody::Empty(_))), Some((_, body))) => (parts, body, error.into()),
+            // Written, replayable, and not a byte of response came back.
+            (None, Some((parts, body))) if quiet.load(Ordering::Acquire) => {
+                (parts, body, ClosedBeforeResponse(error).into())
+            }
+            _ => return Err(error.into()),
+        };
+        let mut req = http::Request::from_parts(parts, body);
+        restore.undo(&mut req);
+        Err(NotSent::new(req, cause).into())
+    })
+}
+
+/// Why an idempotent HTTP/1.1 request is sent again: its reused connection
+/// closed before any byte of its response. Wrapped in a [`NotSent`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "reused HTTP/1.1 connection closed before any response byte; \
+     the request is idempotent with no body, so it may be sent again: {0}"
+)]
+struct ClosedBeforeResponse(#[source] hyper::Error);
 
 /// A request hyper handed back was never written: report it as [`NotSent`]
 /// with the caller's URI and `Host` restored. Anything else may have reached

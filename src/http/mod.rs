@@ -14,8 +14,10 @@
 //! connector, so that a TLS connector can check the service's certificate.
 //!
 //! Errors a balancer branches on: [`ConnectError`] from `poll_ready` and
-//! [`NotSent`](crate::NotSent) from `call` mean the request never left this process and may go
-//! to another endpoint; every other error may have reached a server.
+//! [`NotSent`](crate::NotSent) from `call` mean the request may go to another endpoint: it
+//! never left this process, or (HTTP/1.1) it is idempotent, has no body, and
+//! its reused connection closed before any byte of a response (see
+//! [`HttpEndpoint`]); every other error may have reached a server.
 
 mod body;
 mod client;
@@ -23,6 +25,7 @@ mod connect;
 mod endpoint;
 mod error;
 mod pool;
+mod replay;
 mod rewrite;
 mod socket;
 mod tls;

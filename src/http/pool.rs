@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -36,14 +37,27 @@ use tower::ServiceExt;
 
 use super::endpoint::{EndpointSettings, Http2Settings};
 use super::error::ConnectError;
+use super::replay::{FirstByte, SendBody};
 use super::rewrite::Addressing;
 use super::{Connect, Protocol, RequestBody};
 use crate::endpoint::Endpoint;
 
 /// A sender for one connection.
 pub(crate) enum Conn<B> {
-    H1(http1::SendRequest<B>),
+    H1(H1Conn<B>),
     H2(http2::SendRequest<B>),
+}
+
+/// An HTTP/1.1 connection's sender, with what the replay rule needs to know
+/// (see `replay.rs`).
+pub(crate) struct H1Conn<B> {
+    pub(crate) tx: http1::SendRequest<SendBody<B>>,
+    /// Set when a request is handed over; cleared by the first byte read
+    /// after it ([`FirstByte`]).
+    pub(crate) quiet: Arc<AtomicBool>,
+    /// An exchange completed on this connection before: the pod may have
+    /// closed it while it sat idle.
+    pub(crate) reused: bool,
 }
 
 /// Everything the clones of one endpoint service share.
@@ -84,7 +98,7 @@ pub(crate) enum Checkout<B> {
 impl<B> Conn<B> {
     pub(crate) fn is_closed(&self) -> bool {
         match self {
-            Conn::H1(tx) => tx.is_closed(),
+            Conn::H1(conn) => conn.tx.is_closed(),
             Conn::H2(tx) => tx.is_closed(),
         }
     }
@@ -317,14 +331,19 @@ where
     let weak = Arc::downgrade(pool);
     match pool.endpoint.protocol() {
         Protocol::Http1 => {
+            let quiet = Arc::new(AtomicBool::new(false));
             let (tx, conn) = http1::Builder::new()
-                .handshake(io)
+                .handshake(FirstByte::new(io, quiet.clone()))
                 .await
                 .map_err(|e| ConnectError::handshake(addr, e))?;
             // From here on the driver owns the `live` slot: report success even
             // if the connection dies at once; checkout skips closed senders.
             tokio::spawn(drive(weak, addr, conn));
-            Ok(Conn::H1(tx))
+            Ok(Conn::H1(H1Conn {
+                tx,
+                quiet,
+                reused: false,
+            }))
         }
         Protocol::Http2 => {
             let mut builder = http2::Builder::new(TokioExecutor::new());
