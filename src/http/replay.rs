@@ -89,7 +89,7 @@ impl<B: Body + Unpin> Body for SendBody<B> {
     fn size_hint(&self) -> SizeHint {
         match self {
             SendBody::Body(body) => body.size_hint(),
-            SendBody::Empty(hint) => hint.clone(),
+            SendBody::Empty(hint) => *hint,
         }
     }
 }
