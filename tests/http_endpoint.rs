@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use headless_lb::http::{ConnectError, HttpEndpoint, HttpEndpointBuilder, Protocol};
-use headless_lb::testing::{AUTHORITY_HEADER, Pod};
+use headless_lb::testing::{AUTHORITY_HEADER, Pod, wait_for};
 use headless_lb::{Endpoint, MakeEndpoint, NotSent};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -512,4 +512,54 @@ async fn many_concurrent_callers_all_complete_within_the_connection_cap() {
             pod.connections()
         );
     }
+}
+
+#[tokio::test]
+async fn a_new_http2_connection_serves_while_one_the_pod_is_closing_drains_a_stream() {
+    let pod = Arc::new(Pod::start(addr("127.0.0.36:0")).await.unwrap());
+    let svc: HttpEndpoint<Body> = HttpEndpointBuilder::new(Protocol::Http2).make(pod.addr());
+    let (status, _, _) = send(&svc, "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    // A slow request in flight on the one connection, then the pod asks
+    // that connection to close (GOAWAY): it drains the slow request.
+    let slow = Duration::from_secs(6);
+    pod.set_delay(slow);
+    let held = tokio::spawn(send_owned(svc.clone()));
+    wait_for(DEADLINE, "the request is in flight", || {
+        pod.in_flight() == 1
+    })
+    .await;
+    let draining = {
+        let pod = pod.clone();
+        tokio::spawn(async move { pod.shutdown(Duration::from_secs(30)).await })
+    };
+    wait_for(DEADLINE, "the pod stopped listening", || !pod.is_running()).await;
+    pod.restart().await.unwrap();
+    pod.set_delay(Duration::ZERO);
+
+    // New requests must not wait for the draining connection to end. One
+    // that meets the GOAWAY'd connection comes back unsent (hyper hands it
+    // back); the next one goes over a new connection.
+    let mut answered = false;
+    for _ in 0..5 {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), send(&svc, "/"))
+            .await
+            .expect("a new request waited for the draining connection");
+        match attempt {
+            Ok((status, _, _)) => {
+                assert_eq!(status, StatusCode::OK);
+                answered = true;
+                break;
+            }
+            Err(err) => assert!(
+                NotSent::<Request<Body>>::find(&*err).is_some(),
+                "only unsent failures: {err}"
+            ),
+        }
+    }
+    assert!(answered, "no new request was answered");
+    assert_eq!(pod.connections(), 2);
+    assert_eq!(held.await.unwrap().unwrap(), StatusCode::OK);
+    draining.abort();
 }

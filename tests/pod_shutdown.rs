@@ -24,8 +24,6 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-// Shared with examples_cli.rs, which uses the rest of it.
-#[allow(dead_code)]
 mod examples_support;
 use examples_support::example;
 

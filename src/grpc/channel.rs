@@ -9,6 +9,7 @@ use std::time::Duration;
 use tower::layer::util::Identity;
 
 use super::body::{CompleteOnStreamEnd, ResponseBody};
+use super::replay::{self, Replay};
 use super::{deadline, status};
 use crate::client::builder_start as start;
 use crate::client::{Balanced, Builder, Grpc};
@@ -158,9 +159,26 @@ impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for
     /// `DEADLINE_EXCEEDED` when no response head arrived in time. The pod is
     /// not marked as failed for it: the abandoned RPC only raises its RTT
     /// estimate to the time it waited, as any slow answer would.
+    ///
+    /// An RPC that a pod refused unprocessed (a graceful shutdown's GOAWAY
+    /// crossed it) goes to another pod, with its recorded body, once.
     fn call(&mut self, mut request: http::Request<RequestBody>) -> ResponseFuture {
         let deadline = deadline::effective(&mut request, self.default_timeout);
-        let call = tower::Service::call(&mut self.inner, request);
+        let (replay, request) = Replay::record(request);
+        let mut balancer = self.inner.balancer.clone();
+        let call = async move {
+            let first = tower::Service::call(&mut balancer, request).await;
+            match first {
+                Err(err) if replay::refused_unprocessed(&err) => match replay.again() {
+                    Some(again) => {
+                        tracing::debug!(%err, "RPC refused unprocessed; sending it to another pod");
+                        tower::Service::call(&mut balancer, again).await
+                    }
+                    None => Err(err),
+                },
+                other => other,
+            }
+        };
         let Some(after) = deadline else {
             return Box::pin(async move { call.await.map_err(status::from_balance_error) });
         };

@@ -67,6 +67,7 @@
 mod body;
 mod channel;
 mod deadline;
+mod replay;
 mod status;
 
 pub use self::body::{CompleteOnStreamEnd, ResponseBody};

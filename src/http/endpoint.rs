@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 
 use super::error::BoxError;
 use super::pool::{Checkout, Conn, H1Conn, Pool};
-use super::replay::{self, SendBody};
+use super::replay::{self, GiveBack, KeptHead, SendBody};
 use super::rewrite::{Addressing, Restore};
 use super::{Connect, RequestBody, TcpConnector};
 use crate::endpoint::{Endpoint, MakeEndpoint};
@@ -401,17 +400,69 @@ where
                 return Box::pin(std::future::ready(Err(err.into())));
             }
         };
-        let response = match conn {
-            Conn::H1(conn) => return send_h1(&self.pool, conn, req, restore),
-            Conn::H2(mut tx) => tx.try_send_request(req),
-        };
-        Box::pin(async move {
-            response
-                .await
-                .map_err(|err| not_sent_or_error(err, restore))
-        })
+        match conn {
+            Conn::H1(conn) => send_h1(&self.pool, conn, req, restore),
+            Conn::H2(tx) => send_h2(tx, req, restore),
+        }
     }
 }
+
+/// Sends `req` on an HTTP/2 connection; the response, or a [`NotSent`]
+/// carrying the request back when it was never written or the server
+/// refused it unprocessed (the rule in `replay.rs`), or the error.
+fn send_h2<B: RequestBody>(
+    mut tx: hyper::client::conn::http2::SendRequest<GiveBack<B>>,
+    req: http::Request<B>,
+    restore: Restore,
+) -> ResponseFuture {
+    let (kept, req) = KeptHead::take(req);
+    let response = tx.try_send_request(req);
+    Box::pin(async move {
+        let mut err = match response.await {
+            Ok(response) => return Ok(response),
+            Err(err) => err,
+        };
+        let handed_back = err.take_message();
+        let error = err.into_error();
+        let refused = replay::refused_unprocessed(&error);
+        // Never written (hyper gave it back, its body unread), or refused
+        // unprocessed by the server: the caller's request, rebuilt.
+        let back = match handed_back {
+            Some(req) => {
+                drop(req);
+                kept.restore()
+            }
+            None if refused => kept.restore(),
+            None => None,
+        };
+        match back {
+            Some(mut req) => {
+                restore.undo(&mut req);
+                let cause: BoxError = if refused {
+                    RefusedUnprocessed(error).into()
+                } else {
+                    error.into()
+                };
+                Err(NotSent::new(req, cause).into())
+            }
+            // Refused unprocessed, but its body was read: the caller (the
+            // gRPC channel records bodies) may still send it again.
+            None if refused => Err(RefusedUnprocessed(error).into()),
+            None => Err(error.into()),
+        }
+    })
+}
+
+/// The pod refused an HTTP/2 stream unprocessed (GOAWAY, `REFUSED_STREAM`;
+/// RFC 9113 §6.8, §8.7), so the request may go to another pod. Wrapped in a
+/// [`NotSent`] when the endpoint could rebuild the request; on its own when
+/// the body had been read, for a caller that kept a copy.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the pod refused the HTTP/2 stream unprocessed (GOAWAY or REFUSED_STREAM), \
+     so it may go to another pod: {0}"
+)]
+pub(crate) struct RefusedUnprocessed(#[source] hyper::Error);
 
 /// Sends `req` on an HTTP/1.1 connection; the response, or a [`NotSent`]
 /// carrying the request back when it may go to another pod (the rule in
@@ -498,22 +549,6 @@ where
      the request is idempotent with no body, so it may be sent again: {0}"
 )]
 struct ClosedBeforeResponse(#[source] hyper::Error);
-
-/// A request hyper handed back was never written: report it as [`NotSent`]
-/// with the caller's URI and `Host` restored. Anything else may have reached
-/// the server.
-fn not_sent_or_error<B: RequestBody>(
-    mut err: TrySendError<http::Request<B>>,
-    restore: Restore,
-) -> BoxError {
-    match err.take_message() {
-        Some(mut req) => {
-            restore.undo(&mut req);
-            NotSent::new(req, err.into_error()).into()
-        }
-        None => err.into_error().into(),
-    }
-}
 
 impl<B, C> Clone for HttpEndpoint<B, C> {
     /// A clone shares the connections but not this clone's reservation.

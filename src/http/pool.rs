@@ -37,6 +37,7 @@ use tower::ServiceExt;
 
 use super::endpoint::{EndpointSettings, Http2Settings};
 use super::error::ConnectError;
+use super::replay::GiveBack;
 use super::replay::{FirstByte, SendBody};
 use super::rewrite::Addressing;
 use super::{Connect, Protocol, RequestBody};
@@ -45,7 +46,7 @@ use crate::endpoint::Endpoint;
 /// A sender for one connection.
 pub(crate) enum Conn<B> {
     H1(H1Conn<B>),
-    H2(http2::SendRequest<B>),
+    H2(http2::SendRequest<GiveBack<B>>),
 }
 
 /// An HTTP/1.1 connection's sender, with what the replay rule needs to know

@@ -21,15 +21,24 @@
 //! body that is already at its end, keeping the caller's body (untouched)
 //! for the retry. [`FirstByte`] says whether any byte arrived since the
 //! request was handed over.
+//!
+//! HTTP/2 has a stronger rule, because the server says what it did not
+//! process (RFC 9113 §6.8, §8.7): a stream that h2 would not open after the
+//! server's GOAWAY, a stream above the GOAWAY's last stream id, or one reset
+//! with `REFUSED_STREAM` goes to another pod, any method. hyper reports these
+//! without the request, so every HTTP/2 request keeps a copy of its head
+//! ([`KeptHead`]) and sends its body through [`GiveBack`], which hands the
+//! body back if it is dropped unread. A body that h2 began to read is not
+//! replayed (it is gone); h2 reads none before the stream opens.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Buf;
-use http::Method;
+use http::{Extensions, HeaderMap, Method, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 
@@ -158,5 +167,168 @@ impl<T: Write + Unpin> Write for FirstByte<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// The head of a request, copied before it was sent.
+pub(crate) struct KeptHead<B> {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    slot: Arc<Mutex<Option<B>>>,
+}
+
+/// A request body that goes back to its [`KeptHead`] head if it is dropped
+/// before anyone polled it.
+pub(crate) struct GiveBack<B> {
+    body: Option<B>,
+    polled: bool,
+    slot: Arc<Mutex<Option<B>>>,
+}
+
+// ===== impl KeptHead =====
+
+impl<B> KeptHead<B> {
+    /// Copies `request`'s head and wraps its body, returning the request to
+    /// send.
+    pub(crate) fn take(request: http::Request<B>) -> (KeptHead<B>, http::Request<GiveBack<B>>) {
+        let (parts, body) = request.into_parts();
+        let slot = Arc::new(Mutex::new(None));
+        let saved = KeptHead {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+            slot: slot.clone(),
+        };
+        let body = GiveBack {
+            body: Some(body),
+            polled: false,
+            slot,
+        };
+        (saved, http::Request::from_parts(parts, body))
+    }
+
+    /// The request as the caller made it, if its body came back unread.
+    pub(crate) fn restore(self) -> Option<http::Request<B>> {
+        let body = self
+            .slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        Some(request)
+    }
+}
+
+/// True when `error` says the server will not have processed the request:
+/// h2 refused to open the stream after a GOAWAY from the server, the stream
+/// was above the GOAWAY's last stream id, or the server reset it with
+/// `REFUSED_STREAM`.
+pub(crate) fn refused_unprocessed(error: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cur {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_remote())
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = e.source();
+    }
+    false
+}
+
+// ===== impl GiveBack =====
+
+impl<B: Body + Unpin> Body for GiveBack<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        this.polled = true;
+        match this.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl<B> Drop for GiveBack<B> {
+    fn drop(&mut self) {
+        if !self.polled
+            && let Some(body) = self.body.take()
+        {
+            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod h2_tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    fn request() -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::post("http://web.default.svc.cluster.local/x")
+            .header("x-id", "7")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        request.extensions_mut().insert(42u32);
+        request
+    }
+
+    #[test]
+    fn an_unread_body_comes_back_with_the_whole_head() {
+        let (saved, sent) = KeptHead::take(request());
+        drop(sent);
+        let back = saved.restore().expect("the body was never read");
+        assert_eq!(back.method(), Method::POST);
+        assert_eq!(back.uri(), "http://web.default.svc.cluster.local/x");
+        assert_eq!(back.headers()["x-id"], "7");
+        assert_eq!(back.extensions().get::<u32>(), Some(&42));
+        let body = futures::executor::block_on(back.into_body().collect()).unwrap();
+        assert_eq!(body.to_bytes(), "payload");
+    }
+
+    #[test]
+    fn a_body_that_was_read_does_not_come_back() {
+        let (saved, sent) = KeptHead::take(request());
+        let mut body = sent.into_body();
+        let frame = futures::executor::block_on(body.frame());
+        assert!(frame.is_some());
+        drop(body);
+        assert!(saved.restore().is_none());
+    }
+
+    #[test]
+    fn the_wrapper_reports_what_the_body_does() {
+        let (_saved, sent) = KeptHead::take(request());
+        assert!(!sent.body().is_end_stream());
+        assert_eq!(sent.body().size_hint().exact(), Some(7));
+        let empty = http::Request::new(Full::new(Bytes::new()));
+        let (_saved, sent) = KeptHead::take(empty);
+        assert!(sent.body().is_end_stream());
     }
 }

@@ -1,5 +1,8 @@
 //! Finding and running the example binaries from integration tests.
 
+// Each test binary that includes this module uses some of it.
+#![allow(dead_code)]
+
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Stdio;
