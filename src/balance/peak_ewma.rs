@@ -1,10 +1,12 @@
 //! Peak-EWMA round-trip-time estimate of one endpoint, readable without a lock.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::sync::lock;
 
 /// A peak-sensitive, exponentially weighted moving average of response times.
 ///
@@ -180,7 +182,7 @@ impl PeakEwma {
 
     /// Forgets every observation: the estimate is `prior` again, unmeasured.
     pub(crate) fn reset(&self, prior: Duration, now: Instant) {
-        let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serialise = lock(&self.update);
         self.rtt_ns.store(nanos(prior).to_bits(), Ordering::Relaxed);
         self.stamp_ns
             .store(self.since_epoch(now), Ordering::Relaxed);
@@ -191,7 +193,7 @@ impl PeakEwma {
     }
 
     fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
-        let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serialise = lock(&self.update);
         let prior = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
         let now_ns = self.since_epoch(now);
