@@ -160,8 +160,9 @@ impl<S> Endpoint<S> {
 
     /// Called from the request path when the endpoint's `ready()` failed or a
     /// request came back not sent: stop picking it and have the background
-    /// task reconnect it. Only a Ready endpoint moves; returns whether it did.
-    pub(crate) fn mark_unhealthy(&self) -> bool {
+    /// task reconnect it. Only a Ready endpoint moves: one that is connecting
+    /// or backing off already has the task's attention.
+    pub(crate) fn mark_unhealthy(&self) {
         let moved = self
             .state
             .compare_exchange(
@@ -175,7 +176,6 @@ impl<S> Endpoint<S> {
             tracing::debug!(endpoint = %self.addr, state = ?EndpointState::Backoff, "endpoint state changed by a failed request");
             self.unhealthy.notify_one();
         }
-        moved
     }
 
     /// P2C's choice between two endpoints: the one with the lower RTT

@@ -32,9 +32,7 @@ use crate::sync::lock;
 ///   `decay / 10`. A busy endpoint forgets a one-off peak after a few dozen
 ///   fast responses instead of holding it for seconds, while a steadily
 ///   slow endpoint keeps a high estimate, since each slow response is a new
-///   peak. (Measured: with the time weight alone, fast pods at 3 ms kept a
-///   29 ms estimate through a 2 000-request run, and a pod 50 ms slower got
-///   1.3 % of the requests instead of a handful.)
+///   peak.
 ///
 /// And one addition, about an endpoint nobody picks: a probe. Once an
 /// estimate has gone [`probe_interval`](PeakEwma::probe_due) without an

@@ -60,7 +60,8 @@ pub enum EmptyAnswer {
     Clear,
 }
 
-/// How often to re-resolve and how to back off. Defaults follow DESIGN.md.
+/// How often to re-resolve and how to back off. The defaults are the
+/// discovery contract in ARCHITECTURE.md ("Behaviour contract").
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshPolicy {
     /// Lower clamp for the TTL-driven refresh interval, also used for TTL 0 [1 s].
