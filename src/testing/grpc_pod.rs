@@ -1,7 +1,7 @@
 //! [`GrpcPod`]: a real grpc.health.v1 server (tonic) on a loopback address, with knobs for latency, status, stream ends and crashes.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower::ServiceExt;
 
-use super::server::{Conns, Server, serve_http, start_on_one_port};
+use super::server::{Conns, Server, pod_lifecycle, serve_http};
 use super::tls::ServerTls;
 use crate::sync::lock;
 
@@ -76,18 +76,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>
 
 // ===== impl GrpcPod =====
 
+pod_lifecycle!(GrpcPod);
+
 impl GrpcPod {
-    /// Starts one pod on each of `ips`, all on the same port (picked free on
-    /// the first IP; the set is retried a few times if another IP has it taken).
-    pub async fn start_all(ips: &[IpAddr]) -> io::Result<Vec<GrpcPod>> {
-        start_on_one_port(ips, GrpcPod::start, GrpcPod::addr).await
-    }
-
-    /// Binds `addr` (port 0 picks a free port) and starts serving.
-    pub async fn start(addr: SocketAddr) -> io::Result<GrpcPod> {
-        Self::start_with(addr, ServerTls::default()).await
-    }
-
     /// Like [`start`](Self::start), serving gRPC over TLS with `config`
     /// (features `testing` and `tls`; certificates from
     /// [`TestCa`](super::TestCa)).
@@ -97,21 +88,6 @@ impl GrpcPod {
         config: std::sync::Arc<rustls::ServerConfig>,
     ) -> io::Result<GrpcPod> {
         Self::start_with(addr, ServerTls::new(config)).await
-    }
-
-    /// [`start_all`](Self::start_all) with TLS: one pod per IP, one port,
-    /// each serving with `config`.
-    #[cfg(feature = "tls")]
-    pub async fn start_all_tls(
-        ips: &[IpAddr],
-        config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> io::Result<Vec<GrpcPod>> {
-        start_on_one_port(
-            ips,
-            |addr| GrpcPod::start_tls(addr, config.clone()),
-            GrpcPod::addr,
-        )
-        .await
     }
 
     async fn start_with(addr: SocketAddr, tls: ServerTls) -> io::Result<GrpcPod> {
@@ -137,11 +113,6 @@ impl GrpcPod {
         });
         let server = Server::start(listener, "grpc pod", conns, handler)?;
         Ok(GrpcPod { state, server })
-    }
-
-    /// The address the pod listens on (with the real port if 0 was asked for).
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
     }
 
     /// Waits this long before answering each RPC (a `Watch`: before its
@@ -177,23 +148,6 @@ impl GrpcPod {
         self.state.open_streams.load(Ordering::Relaxed)
     }
 
-    /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.state.conns.connections()
-    }
-
-    /// True between `start`/`restart` and `kill`.
-    pub fn is_running(&self) -> bool {
-        self.server.is_running()
-    }
-
-    /// Crashes the pod: closes the listener (new connections are refused)
-    /// and drops every open connection, failing the RPCs on them. Returns
-    /// once all sockets are closed. Idempotent.
-    pub async fn kill(&self) {
-        self.server.kill().await;
-    }
-
     /// Stops the pod as a well-behaved gRPC server does on SIGTERM (grpc-go's
     /// `GracefulStop`, tonic's `serve_with_shutdown`), and returns true if
     /// every connection finished within `grace`.
@@ -206,13 +160,6 @@ impl GrpcPod {
     /// [`restart`](Self::restart) serves again.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.server.shutdown(grace).await
-    }
-
-    /// Listens on the same address again after [`kill`](Self::kill) or
-    /// [`shutdown`](Self::shutdown). Counters and controls keep their
-    /// values. A no-op while running.
-    pub async fn restart(&self) -> io::Result<()> {
-        self.server.restart().await
     }
 }
 

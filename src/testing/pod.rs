@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::server::{Conns, Server, serve_http, start_on_one_port};
+use super::server::{Conns, Server, pod_lifecycle, serve_http};
 use super::tls::ServerTls;
 use crate::sync::lock;
 
@@ -83,19 +83,9 @@ struct InFlight(Arc<PodState>);
 
 // ===== impl Pod =====
 
+pod_lifecycle!(Pod);
+
 impl Pod {
-    /// Starts one pod on each of `ips`, all on the same port, as the pods of
-    /// a Kubernetes service are: the port is picked free on the first IP and
-    /// the whole set is retried (a few times) if another IP has it taken.
-    pub async fn start_all(ips: &[std::net::IpAddr]) -> io::Result<Vec<Pod>> {
-        start_on_one_port(ips, Pod::start, Pod::addr).await
-    }
-
-    /// Binds `addr` (port 0 picks a free port) and starts serving.
-    pub async fn start(addr: SocketAddr) -> io::Result<Pod> {
-        Self::start_with(addr, ServerTls::default()).await
-    }
-
     /// Like [`start`](Self::start), serving HTTP/1.1 and HTTP/2 over TLS
     /// with `config` (features `testing` and `tls`; certificates from
     /// [`TestCa`](super::TestCa)). Whether a connection speaks h2 follows
@@ -107,16 +97,6 @@ impl Pod {
         config: std::sync::Arc<rustls::ServerConfig>,
     ) -> io::Result<Pod> {
         Self::start_with(addr, ServerTls::new(config)).await
-    }
-
-    /// [`start_all`](Self::start_all) with TLS: one pod per IP, one port,
-    /// each serving with `config`.
-    #[cfg(feature = "tls")]
-    pub async fn start_all_tls(
-        ips: &[std::net::IpAddr],
-        config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> io::Result<Vec<Pod>> {
-        start_on_one_port(ips, |addr| Pod::start_tls(addr, config.clone()), Pod::addr).await
     }
 
     async fn start_with(addr: SocketAddr, tls: ServerTls) -> io::Result<Pod> {
@@ -145,11 +125,6 @@ impl Pod {
         });
         let server = Server::start(listener, "pod", conns, handler)?;
         Ok(Pod { state, server })
-    }
-
-    /// The address the pod listens on (with the real port if 0 was asked for).
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
     }
 
     /// Waits this long before answering each request. Default: none.
@@ -187,11 +162,6 @@ impl Pod {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.state.conns.connections()
-    }
-
     /// The authority of the last request: `Host` for HTTP/1.1, `:authority`
     /// for HTTP/2. Also echoed in the [`AUTHORITY_HEADER`] response header.
     pub fn last_authority(&self) -> Option<String> {
@@ -215,18 +185,6 @@ impl Pod {
         lock(&self.state.last_scheme).clone()
     }
 
-    /// True between `start`/`restart` and `kill`.
-    pub fn is_running(&self) -> bool {
-        self.server.is_running()
-    }
-
-    /// Crashes the pod: closes the listener, so new connections are refused,
-    /// and drops every open connection, as the kernel does when a process
-    /// dies. Returns once all sockets are closed. Idempotent.
-    pub async fn kill(&self) {
-        self.server.kill().await;
-    }
-
     /// Stops the pod the way a well-behaved server does on SIGTERM, and
     /// returns true if every connection finished within `grace`.
     ///
@@ -242,13 +200,6 @@ impl Pod {
     /// Idempotent; [`restart`](Self::restart) serves again.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.server.shutdown(grace).await
-    }
-
-    /// Listens on the same address again after [`kill`](Self::kill) or
-    /// [`shutdown`](Self::shutdown). Counters and controls keep their
-    /// values. A no-op while running.
-    pub async fn restart(&self) -> io::Result<()> {
-        self.server.restart().await
     }
 }
 

@@ -129,6 +129,10 @@ impl Server {
         lock(&self.accept).is_some()
     }
 
+    pub(crate) fn connections(&self) -> u64 {
+        self.conns.connections()
+    }
+
     /// Closes the listener and returns once it is closed.
     async fn close_listener(&self) -> bool {
         let accept = lock(&self.accept).take();
@@ -318,3 +322,70 @@ where
     }
     Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
 }
+
+/// The methods every test pod has alike: starting one, or a set on one
+/// port; its address and connection count; whether it runs, a crash and a
+/// restart. The pod type has a `server: Server` field and an
+/// `async fn start_with(SocketAddr, ServerTls) -> io::Result<Self>`; its
+/// `start_tls` and `shutdown` say what is particular to its protocol.
+macro_rules! pod_lifecycle {
+    ($pod:ident) => {
+        impl $pod {
+            /// Starts one pod on each of `ips`, all on the same port, as the
+            /// pods of a Kubernetes service are: the port is picked free on
+            /// the first IP and the whole set is retried (a few times) if
+            /// another IP has it taken.
+            pub async fn start_all(ips: &[std::net::IpAddr]) -> std::io::Result<Vec<$pod>> {
+                $crate::testing::server::start_on_one_port(ips, $pod::start, $pod::addr).await
+            }
+
+            /// Binds `addr` (port 0 picks a free port) and starts serving.
+            pub async fn start(addr: std::net::SocketAddr) -> std::io::Result<$pod> {
+                Self::start_with(addr, $crate::testing::tls::ServerTls::default()).await
+            }
+
+            /// [`start_all`](Self::start_all) with TLS: one pod per IP, one
+            /// port, each serving with `config`.
+            #[cfg(feature = "tls")]
+            pub async fn start_all_tls(
+                ips: &[std::net::IpAddr],
+                config: std::sync::Arc<rustls::ServerConfig>,
+            ) -> std::io::Result<Vec<$pod>> {
+                let start = |addr| $pod::start_tls(addr, config.clone());
+                $crate::testing::server::start_on_one_port(ips, start, $pod::addr).await
+            }
+
+            /// The address the pod listens on (with the real port if 0 was
+            /// asked for).
+            pub fn addr(&self) -> std::net::SocketAddr {
+                self.server.addr()
+            }
+
+            /// Connections accepted so far.
+            pub fn connections(&self) -> u64 {
+                self.server.connections()
+            }
+
+            /// True between `start`/`restart` and `kill`.
+            pub fn is_running(&self) -> bool {
+                self.server.is_running()
+            }
+
+            /// Crashes the pod: closes the listener, so new connections are
+            /// refused, and drops every open connection, failing the requests
+            /// on them, as the kernel does when a process dies. Returns once
+            /// all sockets are closed. Idempotent.
+            pub async fn kill(&self) {
+                self.server.kill().await;
+            }
+
+            /// Listens on the same address again after [`kill`](Self::kill)
+            /// or [`shutdown`](Self::shutdown). Counters and controls keep
+            /// their values. A no-op while running.
+            pub async fn restart(&self) -> std::io::Result<()> {
+                self.server.restart().await
+            }
+        }
+    };
+}
+pub(crate) use pod_lifecycle;
