@@ -1,7 +1,6 @@
 //! [`GuardedBody`]: the core of every response body that keeps its request pending on its endpoint until the body ends.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -40,8 +39,10 @@ impl<B: Body + Unpin> GuardedBody<B> {
         self.guard.is_some()
     }
 
-    /// The endpoint the request went to, while it is pending.
-    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
+    /// The endpoint the request went to, while it is pending (for gRPC's
+    /// error messages).
+    #[cfg(feature = "tonic")]
+    pub(crate) fn endpoint(&self) -> Option<std::net::SocketAddr> {
         self.guard.as_ref().map(PendingGuard::endpoint)
     }
 
