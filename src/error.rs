@@ -366,3 +366,10 @@ impl RequestError {
         }
     }
 }
+
+/// `error` and the errors of its source chain, outermost first.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}

@@ -20,9 +20,11 @@ pub mod error;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod http;
+mod log;
 mod not_sent;
 pub mod resolve;
 pub mod stats;
+mod sync;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -2,9 +2,11 @@
 
 use std::error::Error;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use tower::BoxError;
+
+use crate::sync::lock;
 
 /// An endpoint service's error saying "this request never left the client",
 /// with the request given back so the balancer can send it elsewhere.
@@ -53,10 +55,7 @@ impl<Req> NotSent<Req> {
 
     /// Takes the request back, if it is still here.
     pub fn take_request(&self) -> Option<Req> {
-        self.request
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        lock(&self.request).take()
     }
 
     /// Why the request was not sent.
@@ -68,24 +67,13 @@ impl<Req> NotSent<Req> {
 impl<Req: Send + 'static> NotSent<Req> {
     /// Finds a `NotSent<Req>` in `error` or its source chain.
     pub fn find<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Self> {
-        let mut current = Some(error);
-        while let Some(e) = current {
-            if let Some(not_sent) = e.downcast_ref::<Self>() {
-                return Some(not_sent);
-            }
-            current = e.source();
-        }
-        None
+        crate::error::chain(error).find_map(|e| e.downcast_ref::<Self>())
     }
 }
 
 impl<Req> fmt::Debug for NotSent<Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let has_request = self
-            .request
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
+        let has_request = lock(&self.request).is_some();
         f.debug_struct("NotSent")
             .field("has_request", &has_request)
             .field("source", &self.source)

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::log::WarnGate;
+
 use super::peak_ewma::PeakEwma;
 
 /// Where an endpoint is in its life, as [`stats`](super::Balancer::stats) shows it.
@@ -85,7 +87,8 @@ pub(crate) struct Load {
     /// Nanoseconds since `epoch` when a wait last ended (a response, an
     /// error, or the caller giving up).
     answered_ns: AtomicU64,
-    last_warn_ns: AtomicU64,
+    /// Warnings about this endpoint's failures: one per `warn_interval`.
+    warn_gate: WarnGate,
     epoch: Instant,
 }
 
@@ -136,7 +139,7 @@ impl<S> Endpoint<S> {
                 awaiting: AtomicUsize::new(0),
                 busy_since_ns: AtomicU64::new(0),
                 answered_ns: AtomicU64::new(0),
-                last_warn_ns: AtomicU64::new(0),
+                warn_gate: WarnGate::new(),
                 epoch: Instant::now(),
             },
             unhealthy: Notify::new(),
@@ -157,8 +160,9 @@ impl<S> Endpoint<S> {
 
     /// Called from the request path when the endpoint's `ready()` failed or a
     /// request came back not sent: stop picking it and have the background
-    /// task reconnect it. Only a Ready endpoint moves; returns whether it did.
-    pub(crate) fn mark_unhealthy(&self) -> bool {
+    /// task reconnect it. Only a Ready endpoint moves: one that is connecting
+    /// or backing off already has the task's attention.
+    pub(crate) fn mark_unhealthy(&self) {
         let moved = self
             .state
             .compare_exchange(
@@ -172,7 +176,6 @@ impl<S> Endpoint<S> {
             tracing::debug!(endpoint = %self.addr, state = ?EndpointState::Backoff, "endpoint state changed by a failed request");
             self.unhealthy.notify_one();
         }
-        moved
     }
 
     /// P2C's choice between two endpoints: the one with the lower RTT
@@ -335,14 +338,6 @@ impl Load {
     /// True at most once per `interval` per endpoint: warnings about one
     /// failing endpoint must not flood the log.
     pub(crate) fn warn_allowed(&self, now: Instant, interval: Duration) -> bool {
-        // Offset by one interval so that the very first warning passes.
-        let now_ns = (now.saturating_duration_since(self.epoch) + interval).as_nanos() as u64;
-        let interval_ns = interval.as_nanos() as u64;
-        let last = self.last_warn_ns.load(Ordering::Relaxed);
-        now_ns.saturating_sub(last) >= interval_ns
-            && self
-                .last_warn_ns
-                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        self.warn_gate.allow(now, interval)
     }
 }

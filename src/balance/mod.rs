@@ -56,6 +56,7 @@ mod builder;
 mod completion;
 mod dispatch;
 mod endpoint;
+mod guarded_body;
 mod handle;
 mod peak_ewma;
 mod pick;
@@ -69,4 +70,5 @@ pub use self::builder::{
 };
 pub use self::completion::{CompleteOnResponse, Completion, PendingGuard};
 pub use self::endpoint::{EndpointState, EndpointStats};
+pub(crate) use self::guarded_body::GuardedBody;
 pub use self::handle::{Balancer, ResponseFuture};

@@ -1,10 +1,12 @@
 //! Peak-EWMA round-trip-time estimate of one endpoint, readable without a lock.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::sync::lock;
 
 /// A peak-sensitive, exponentially weighted moving average of response times.
 ///
@@ -30,9 +32,7 @@ use tokio::time::Instant;
 ///   `decay / 10`. A busy endpoint forgets a one-off peak after a few dozen
 ///   fast responses instead of holding it for seconds, while a steadily
 ///   slow endpoint keeps a high estimate, since each slow response is a new
-///   peak. (Measured: with the time weight alone, fast pods at 3 ms kept a
-///   29 ms estimate through a 2 000-request run, and a pod 50 ms slower got
-///   1.3 % of the requests instead of a handful.)
+///   peak.
 ///
 /// And one addition, about an endpoint nobody picks: a probe. Once an
 /// estimate has gone [`probe_interval`](PeakEwma::probe_due) without an
@@ -180,7 +180,7 @@ impl PeakEwma {
 
     /// Forgets every observation: the estimate is `prior` again, unmeasured.
     pub(crate) fn reset(&self, prior: Duration, now: Instant) {
-        let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serialise = lock(&self.update);
         self.rtt_ns.store(nanos(prior).to_bits(), Ordering::Relaxed);
         self.stamp_ns
             .store(self.since_epoch(now), Ordering::Relaxed);
@@ -191,7 +191,7 @@ impl PeakEwma {
     }
 
     fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
-        let _serialise = self.update.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serialise = lock(&self.update);
         let prior = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
         let now_ns = self.since_epoch(now);

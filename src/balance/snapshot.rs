@@ -1,7 +1,7 @@
 //! The endpoint set as the request path sees it: an immutable snapshot behind an `ArcSwap`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::endpoint::{Endpoint, EndpointState, EndpointStats};
 use super::pick::p2c;
+use crate::sync::lock;
 
 /// One published view of the endpoints. Built by the background task after
 /// every change; read by requests without a lock.
@@ -135,16 +136,10 @@ impl<S> Shared<S> {
     }
 
     pub(crate) fn set_discover_error(&self, error: String) {
-        *self
-            .discover_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *lock(&self.discover_error) = Some(error);
     }
 
     pub(crate) fn discover_error(&self) -> Option<String> {
-        self.discover_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.discover_error).clone()
     }
 }

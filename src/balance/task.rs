@@ -30,6 +30,7 @@ use super::backoff;
 use super::builder::Config;
 use super::endpoint::{Endpoint, EndpointState};
 use super::snapshot::{Shared, Snapshot};
+use crate::log::{WarnGate, warn_or_debug};
 
 /// What one step of an endpoint's connection driver ended with.
 enum Outcome {
@@ -67,7 +68,8 @@ struct Task<Req, S> {
     /// The peers' typical RTT, computed once per batch of inserts.
     typical_rtt: Option<Duration>,
     dirty: bool,
-    discover_warned_at: Option<Instant>,
+    /// Warnings about discovery errors: one per `warn_interval`.
+    discover_warn_gate: WarnGate,
     _req: std::marker::PhantomData<fn(Req)>,
 }
 
@@ -95,7 +97,7 @@ pub(crate) async fn run<D, Req, S>(
         steps: FuturesUnordered::new(),
         typical_rtt: None,
         dirty: false,
-        discover_warned_at: None,
+        discover_warn_gate: WarnGate::new(),
         _req: std::marker::PhantomData,
     };
 
@@ -144,16 +146,10 @@ where
             Some(Ok(Change::Remove(addr))) => self.remove(addr),
             Some(Err(error)) => {
                 let error = error.into();
-                let now = Instant::now();
-                let quiet = self.discover_warned_at.is_some_and(|at| {
-                    now.saturating_duration_since(at) < self.config.warn_interval
-                });
-                if quiet {
-                    tracing::debug!(target_name = %self.config.target, %error, "discovery failed");
-                } else {
-                    self.discover_warned_at = Some(now);
-                    tracing::warn!(target_name = %self.config.target, %error, "discovery failed");
-                }
+                let allowed = self
+                    .discover_warn_gate
+                    .allow(Instant::now(), self.config.warn_interval);
+                warn_or_debug!(allowed, target_name = %self.config.target, %error, "discovery failed");
                 self.shared.set_discover_error(error.to_string());
             }
             None => {
@@ -240,14 +236,10 @@ where
                     hook(addr);
                 }
                 let delay = self.backoff(failures);
-                if endpoint
+                let allowed = endpoint
                     .load
-                    .warn_allowed(Instant::now(), self.config.warn_interval)
-                {
-                    tracing::warn!(endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
-                } else {
-                    tracing::debug!(endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
-                }
+                    .warn_allowed(Instant::now(), self.config.warn_interval);
+                warn_or_debug!(allowed, endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
                 connect::<Req, S>(endpoint, delay)
             }
             Outcome::Unhealthy => {

@@ -40,7 +40,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::error::ResolveError;
+use crate::log::{WarnGate, warn_or_debug};
 use crate::resolve::{Resolution, Resolve};
+use crate::sync::lock;
 use crate::target::Target;
 
 use super::diff::SetDiff;
@@ -58,7 +60,8 @@ pub enum EmptyAnswer {
     Clear,
 }
 
-/// How often to re-resolve and how to back off. Defaults follow DESIGN.md.
+/// How often to re-resolve and how to back off. The defaults are the
+/// discovery contract in ARCHITECTURE.md ("Behaviour contract").
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshPolicy {
     /// Lower clamp for the TTL-driven refresh interval, also used for TTL 0 [1 s].
@@ -289,7 +292,7 @@ impl Discovery {
             wake: wake.clone(),
             had_answer: false,
             last_confirmed: None,
-            last_warn: None,
+            warn_gate: WarnGate::new(),
         };
         let task = tokio::spawn(refresh.run()).abort_handle();
         Discovery {
@@ -355,11 +358,6 @@ fn later(at: Instant, delay: Duration) -> Instant {
         .unwrap_or(at)
 }
 
-fn lock(stats: &Mutex<DiscoveryStats>) -> std::sync::MutexGuard<'_, DiscoveryStats> {
-    // The state is plain data: a panic elsewhere cannot leave it inconsistent.
-    stats.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // ===== impl Refresh =====
 
 /// How long warnings about a failing lookup stay quiet after one was logged.
@@ -375,7 +373,7 @@ struct Refresh {
     had_answer: bool,
     /// When the last good answer arrived, for `max_stale`.
     last_confirmed: Option<Instant>,
-    last_warn: Option<Instant>,
+    warn_gate: WarnGate,
 }
 
 impl Refresh {
@@ -523,22 +521,15 @@ impl Refresh {
     }
 
     /// Logs a failed lookup: at warn at most once per [`WARN_INTERVAL`], else at debug.
-    fn report(&mut self, error: &ResolveError, failures: u32, now: Instant) {
-        let quiet = self
-            .last_warn
-            .is_some_and(|at| now.duration_since(at) < WARN_INTERVAL);
-        if quiet {
-            tracing::debug!(target = %self.target, %error, failures, "DNS lookup failed");
-        } else {
-            self.last_warn = Some(now);
-            tracing::warn!(
-                target = %self.target,
-                %error,
-                failures,
-                endpoints = self.sets.borrow().len(),
-                "DNS lookup failed; keeping the last good endpoint set"
-            );
-        }
+    fn report(&self, error: &ResolveError, failures: u32, now: Instant) {
+        warn_or_debug!(
+            self.warn_gate.allow(now, WARN_INTERVAL),
+            target = %self.target,
+            %error,
+            failures,
+            endpoints = self.sets.borrow().len(),
+            "DNS lookup failed; keeping the last good endpoint set"
+        );
     }
 }
 

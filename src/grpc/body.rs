@@ -1,6 +1,5 @@
 //! [`ResponseBody`]: a gRPC response body that keeps its RPC pending until the stream ends, and reports `UNAVAILABLE` to the endpoint's stats.
 
-use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -10,7 +9,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::status;
-use crate::balance::{Completion, PendingGuard};
+use crate::balance::{Completion, GuardedBody, PendingGuard};
 use crate::http::ServedBy;
 
 /// The body of a response from a [`Channel`](super::Channel): the message
@@ -27,10 +26,8 @@ use crate::http::ServedBy;
 /// trailers-only response or in the trailers. Errors come as a
 /// [`tonic::Status`], which tonic's `Streaming` passes through unchanged: a
 /// broken connection is `UNAVAILABLE`, as the gRPC spec asks.
-pub struct ResponseBody {
-    inner: Incoming,
-    guard: Option<PendingGuard>,
-}
+#[derive(Debug)]
+pub struct ResponseBody(GuardedBody<Incoming>);
 
 /// The [`Completion`] that moves an RPC's pending guard into its
 /// [`ResponseBody`], after counting a failure when the response head already
@@ -45,16 +42,7 @@ pub struct CompleteOnStreamEnd;
 impl ResponseBody {
     /// True while the RPC still counts as pending on its endpoint.
     pub fn is_pending(&self) -> bool {
-        self.guard.is_some()
-    }
-
-    /// Ends the RPC's accounting: a failure is recorded first if `failed`.
-    fn finish(&mut self, failed: bool) {
-        if let Some(guard) = self.guard.take()
-            && failed
-        {
-            guard.record_failure();
-        }
+        self.0.is_pending()
     }
 }
 
@@ -66,41 +54,17 @@ impl http_body::Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let endpoint = self.guard.as_ref().map(PendingGuard::endpoint);
-        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            None => {
-                self.finish(false);
-                Poll::Ready(None)
-            }
-            Some(Err(err)) => {
-                self.finish(true);
-                Poll::Ready(Some(Err(status::from_stream_error(err, endpoint))))
-            }
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    self.finish(is_unavailable(trailers));
-                } else if self.inner.is_end_stream() {
-                    self.finish(false);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-        }
+        let endpoint = self.0.endpoint();
+        let frame = ready!(self.0.poll_frame(cx, is_unavailable));
+        Poll::Ready(frame.map(|frame| frame.map_err(|e| status::from_stream_error(e, endpoint))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.0.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl fmt::Debug for ResponseBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseBody")
-            .field("pending", &self.is_pending())
-            .finish()
+        self.0.size_hint()
     }
 }
 
@@ -127,11 +91,10 @@ impl Completion<http::Response<Incoming>> for CompleteOnStreamEnd {
         if unavailable {
             guard.record_failure();
         }
-        response.map(|inner| {
-            // An empty body is over already: release the count at once.
-            let guard = (!unavailable && !http_body::Body::is_end_stream(&inner)).then_some(guard);
-            ResponseBody { inner, guard }
-        })
+        // An unavailable answer is counted already: the stream that follows
+        // is not load.
+        let guard = (!unavailable).then_some(guard);
+        response.map(|inner| ResponseBody(GuardedBody::new(inner, guard)))
     }
 }
 

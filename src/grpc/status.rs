@@ -53,29 +53,13 @@ pub(crate) fn from_stream_error(err: hyper::Error, endpoint: Option<SocketAddr>)
 
 /// True when a `tower` timeout layer's error is in `err`'s source chain.
 fn is_elapsed(err: &(dyn StdError + 'static)) -> bool {
-    in_chain(err, |e| e.is::<tower::timeout::error::Elapsed>())
+    crate::error::chain(err).any(|e| e.is::<tower::timeout::error::Elapsed>())
 }
 
 /// True when a connect or connection error is in `err`'s source chain.
 fn is_transport(err: &(dyn StdError + 'static)) -> bool {
-    in_chain(err, |e| {
-        e.is::<ConnectError>() || e.is::<hyper::Error>() || e.is::<std::io::Error>()
-    })
-}
-
-/// True when `found` holds for `err` or any error in its source chain.
-fn in_chain(
-    err: &(dyn StdError + 'static),
-    found: impl Fn(&(dyn StdError + 'static)) -> bool,
-) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if found(e) {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    crate::error::chain(err)
+        .any(|e| e.is::<ConnectError>() || e.is::<hyper::Error>() || e.is::<std::io::Error>())
 }
 
 #[cfg(test)]

@@ -1,15 +1,14 @@
 //! [`Body`]: a response body that keeps its request pending on its endpoint until it ends.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::balance::{Completion, PendingGuard};
+use crate::balance::{Completion, GuardedBody, PendingGuard};
 
 /// The body of a response from a balanced client.
 ///
@@ -17,10 +16,8 @@ use crate::balance::{Completion, PendingGuard};
 /// the body reports its end, fails, or is dropped: an endpoint busy streaming
 /// long bodies (or gRPC server streams) counts as busy in the balancer's load,
 /// not only until the response headers arrived.
-pub struct Body {
-    inner: Incoming,
-    guard: Option<PendingGuard>,
-}
+#[derive(Debug)]
+pub struct Body(GuardedBody<Incoming>);
 
 /// A response extension naming the pod that served the response.
 ///
@@ -51,12 +48,12 @@ pub struct CompleteOnBodyEnd;
 impl Body {
     /// True while the request still counts as pending on its endpoint.
     pub fn is_pending(&self) -> bool {
-        self.guard.is_some()
+        self.0.is_pending()
     }
 
     /// The hyper body inside, releasing the pending count now.
     pub fn into_inner(self) -> Incoming {
-        self.inner
+        self.0.into_inner()
     }
 }
 
@@ -68,31 +65,16 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let (Some(Err(_)), Some(guard)) = (&frame, &self.guard) {
-            // The response broke off (reset, connection lost): the request failed.
-            guard.record_failure();
-        }
-        if frame.as_ref().is_none_or(|f| f.is_err()) || self.inner.is_end_stream() {
-            self.guard = None;
-        }
-        Poll::Ready(frame)
+        // HTTP trailers say nothing about the request's success.
+        self.0.poll_frame(cx, |_| false)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.0.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl fmt::Debug for Body {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Body")
-            .field("pending", &self.is_pending())
-            .finish()
+        self.0.size_hint()
     }
 }
 
@@ -111,10 +93,6 @@ impl Completion<http::Response<Incoming>> for CompleteOnBodyEnd {
         if response.status().is_server_error() {
             guard.record_failure();
         }
-        response.map(|inner| {
-            // An empty body is over already: release the count at once.
-            let guard = (!http_body::Body::is_end_stream(&inner)).then_some(guard);
-            Body { inner, guard }
-        })
+        response.map(|inner| Body(GuardedBody::new(inner, Some(guard))))
     }
 }

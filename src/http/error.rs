@@ -71,8 +71,7 @@ impl ConnectError {
     pub(crate) fn transport(addr: SocketAddr, err: BoxError) -> Self {
         let mut refused = false;
         let mut tls = false;
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
-        while let Some(e) = cur {
+        for e in crate::error::chain(&*err) {
             tls |= is_tls_handshake_error(e);
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
@@ -81,7 +80,6 @@ impl ConnectError {
                     .get_ref()
                     .is_some_and(|inner| is_tls_handshake_error(inner));
             }
-            cur = e.source();
         }
         let kind = if tls {
             ConnectErrorKind::Tls

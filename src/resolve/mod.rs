@@ -14,12 +14,18 @@ use std::time::Duration;
 use crate::error::ResolveError;
 use crate::target::Target;
 
+mod addresses;
+mod classify;
+mod config;
 mod hickory;
+mod search;
+mod srv;
+mod vet;
 
+pub use self::hickory::{HickoryResolver, HickoryResolverBuilder, ResolverConfigError};
 #[doc(hidden)]
 #[cfg(fuzzing)]
-pub use self::hickory::endpoints_from_answer_message;
-pub use self::hickory::{HickoryResolver, HickoryResolverBuilder, ResolverConfigError};
+pub use self::vet::endpoints_from_answer_message;
 
 /// The outcome of one successful lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
@@ -30,6 +30,8 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
+
+use crate::sync::lock;
 
 /// The zone a plain [`DnsServer::start`] serves.
 const CLUSTER_ORIGIN: &str = "cluster.local.";
@@ -568,10 +570,4 @@ fn absolute(name: &str) -> Result<Name, hickory_proto::ProtoError> {
 /// The form names take in the query log: lowercase, no trailing dot.
 fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// Locks, ignoring poisoning: a test that panicked while holding a lock must
-/// not turn every later assertion into a confusing PoisonError.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
-use super::dns_server::{bind_udp_and_tcp, lock};
+use super::dns_server::bind_udp_and_tcp;
+use crate::sync::lock;
 
 /// UDP answer limit for a query without EDNS (RFC 1035 §4.2.1).
 const CLASSIC_UDP_LIMIT: usize = 512;

@@ -1,27 +1,26 @@
 //! [`GrpcPod`]: a real grpc.health.v1 server (tonic) on a loopback address, with knobs for latency, status, stream ends and crashes.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower::ServiceExt;
 
+use super::server::{Conns, Server, pod_lifecycle, serve_http};
 use super::tls::ServerTls;
+use crate::sync::lock;
 
 /// A gRPC pod: a tonic `grpc.health.v1.Health` server that answers every
 /// `Check` with `SERVING`, and every `Watch` with one `SERVING` message on a
@@ -47,9 +46,8 @@ use super::tls::ServerTls;
 /// ```
 #[derive(Debug)]
 pub struct GrpcPod {
-    addr: SocketAddr,
     state: Arc<PodState>,
-    accept: Mutex<Option<JoinHandle<()>>>,
+    server: Server,
 }
 
 #[derive(Debug)]
@@ -58,20 +56,13 @@ struct PodState {
     delay: Mutex<Duration>,
     /// `None` (-1): answer SERVING; otherwise fail every RPC with this code.
     status: AtomicI32,
-    /// Bumped by every `kill`, to end RPCs that outlive their connection.
-    kills: watch::Sender<u64>,
-    /// True from `shutdown` until `restart`: every connection is asked to
-    /// close gracefully (GOAWAY).
-    draining: watch::Sender<bool>,
     /// Bumped by `end_streams`, to end every open `Watch` stream with OK.
     stream_ends: watch::Sender<u64>,
     requests: AtomicU64,
     in_flight: AtomicU64,
     open_streams: AtomicU64,
-    connections: AtomicU64,
-    /// TLS for every connection, or plain TCP.
-    tls: ServerTls,
-    conns: Mutex<JoinSet<()>>,
+    /// The connections, and the kill signal RPCs wait on.
+    conns: Arc<Conns>,
 }
 
 /// The `Health` implementation every connection of a pod shares.
@@ -85,18 +76,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>
 
 // ===== impl GrpcPod =====
 
+pod_lifecycle!(GrpcPod);
+
 impl GrpcPod {
-    /// Starts one pod on each of `ips`, all on the same port (picked free on
-    /// the first IP; the set is retried a few times if another IP has it taken).
-    pub async fn start_all(ips: &[IpAddr]) -> io::Result<Vec<GrpcPod>> {
-        super::pod::start_on_one_port(ips, GrpcPod::start, GrpcPod::addr).await
-    }
-
-    /// Binds `addr` (port 0 picks a free port) and starts serving.
-    pub async fn start(addr: SocketAddr) -> io::Result<GrpcPod> {
-        Self::start_with(addr, ServerTls::default()).await
-    }
-
     /// Like [`start`](Self::start), serving gRPC over TLS with `config`
     /// (features `testing` and `tls`; certificates from
     /// [`TestCa`](super::TestCa)).
@@ -108,50 +90,29 @@ impl GrpcPod {
         Self::start_with(addr, ServerTls::new(config)).await
     }
 
-    /// [`start_all`](Self::start_all) with TLS: one pod per IP, one port,
-    /// each serving with `config`.
-    #[cfg(feature = "tls")]
-    pub async fn start_all_tls(
-        ips: &[IpAddr],
-        config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> io::Result<Vec<GrpcPod>> {
-        super::pod::start_on_one_port(
-            ips,
-            |addr| GrpcPod::start_tls(addr, config.clone()),
-            GrpcPod::addr,
-        )
-        .await
-    }
-
     async fn start_with(addr: SocketAddr, tls: ServerTls) -> io::Result<GrpcPod> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let conns = Conns::new(tls);
         let state = Arc::new(PodState {
             addr,
             delay: Mutex::new(Duration::ZERO),
             status: AtomicI32::new(-1),
-            kills: watch::Sender::new(0),
-            draining: watch::Sender::new(false),
             stream_ends: watch::Sender::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             open_streams: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            tls,
-            conns: Mutex::new(JoinSet::new()),
+            conns: conns.clone(),
         });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
-        tracing::debug!(pod = %addr, "grpc pod started");
-        Ok(GrpcPod {
-            addr,
-            state,
-            accept: Mutex::new(Some(accept)),
-        })
-    }
-
-    /// The address the pod listens on (with the real port if 0 was asked for).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        let health = HealthServer::new(PodHealth(state.clone()));
+        let handler = Arc::new(move |stream, draining| {
+            let health = health.clone();
+            let service =
+                service_fn(move |req: http::Request<Incoming>| health.clone().oneshot(req));
+            Box::pin(serve_http(stream, service, draining)) as _
+        });
+        let server = Server::start(listener, "grpc pod", conns, handler)?;
+        Ok(GrpcPod { state, server })
     }
 
     /// Waits this long before answering each RPC (a `Watch`: before its
@@ -187,34 +148,6 @@ impl GrpcPod {
         self.state.open_streams.load(Ordering::Relaxed)
     }
 
-    /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.state.connections.load(Ordering::Relaxed)
-    }
-
-    /// True between `start`/`restart` and `kill`.
-    pub fn is_running(&self) -> bool {
-        lock(&self.accept).is_some()
-    }
-
-    /// Crashes the pod: closes the listener (new connections are refused)
-    /// and drops every open connection, failing the RPCs on them. Returns
-    /// once all sockets are closed. Idempotent.
-    pub async fn kill(&self) {
-        let accept = lock(&self.accept).take();
-        if let Some(accept) = accept {
-            accept.abort();
-            let _ = accept.await;
-            tracing::debug!(pod = %self.addr, "grpc pod killed");
-        }
-        // Close the sockets first, so that clients see their connection
-        // break rather than RPCs ending in good order; then end the RPC tasks
-        // that outlive their connection (HTTP/2 runs each in a task of its own).
-        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
-        conns.shutdown().await;
-        self.state.kills.send_modify(|k| *k += 1);
-    }
-
     /// Stops the pod as a well-behaved gRPC server does on SIGTERM (grpc-go's
     /// `GracefulStop`, tonic's `serve_with_shutdown`), and returns true if
     /// every connection finished within `grace`.
@@ -226,50 +159,7 @@ impl GrpcPod {
     /// [`kill`](Self::kill), and the result is false. Idempotent;
     /// [`restart`](Self::restart) serves again.
     pub async fn shutdown(&self, grace: Duration) -> bool {
-        let accept = lock(&self.accept).take();
-        if let Some(accept) = accept {
-            accept.abort();
-            let _ = accept.await;
-        }
-        self.state.draining.send_replace(true);
-        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
-        let drained =
-            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} })
-                .await
-                .is_ok();
-        if drained {
-            tracing::debug!(pod = %self.addr, "grpc pod shut down gracefully");
-        } else {
-            tracing::debug!(pod = %self.addr, open = conns.len(), "grace period over; cutting connections");
-            conns.shutdown().await;
-            self.state.kills.send_modify(|k| *k += 1);
-        }
-        drained
-    }
-
-    /// Listens on the same address again after [`kill`](Self::kill) or
-    /// [`shutdown`](Self::shutdown). Counters and controls keep their
-    /// values. A no-op while running.
-    pub async fn restart(&self) -> io::Result<()> {
-        if self.is_running() {
-            return Ok(());
-        }
-        let listener = TcpListener::bind(self.addr).await?;
-        self.state.draining.send_replace(false);
-        let accept = tokio::spawn(accept_loop(listener, self.state.clone()));
-        *lock(&self.accept) = Some(accept);
-        tracing::debug!(pod = %self.addr, "grpc pod restarted");
-        Ok(())
-    }
-}
-
-impl Drop for GrpcPod {
-    fn drop(&mut self) {
-        if let Some(accept) = lock(&self.accept).take() {
-            accept.abort();
-        }
-        self.state.kills.send_modify(|k| *k += 1);
-        lock(&self.state.conns).abort_all();
+        self.server.shutdown(grace).await
     }
 }
 
@@ -284,7 +174,7 @@ impl PodHealth {
         // Lets a test that runs a pod in another process (echo_server with
         // RUST_LOG=headless_lb=trace) see that an RPC is in flight.
         tracing::trace!(pod = %state.addr, "request received");
-        let mut killed = state.kills.subscribe();
+        let mut killed = state.conns.killed();
         let delay = *lock(&state.delay);
         if !delay.is_zero() {
             tokio::select! {
@@ -323,7 +213,7 @@ impl Health for PodHealth {
         let state = self.0.clone();
         let open = Count::new(state.clone(), |s| &s.open_streams);
         let mut ends = state.stream_ends.subscribe();
-        let mut killed = state.kills.subscribe();
+        let mut killed = state.conns.killed();
         let rest = futures::stream::once(async move {
             tokio::select! {
                 _ = ends.changed() => {}
@@ -356,43 +246,4 @@ impl Drop for Count {
     fn drop(&mut self) {
         (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-// ===== server =====
-
-async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
-    let server = HealthServer::new(PodHealth(state.clone()));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
-            Err(err) => {
-                tracing::warn!(pod = %state.addr, error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        state.connections.fetch_add(1, Ordering::Relaxed);
-        let server = server.clone();
-        let service = service_fn(move |req: http::Request<Incoming>| server.clone().oneshot(req));
-        let mut conns = lock(&state.conns);
-        while conns.try_join_next().is_some() {}
-        let draining = state.draining.subscribe();
-        let tls = state.tls.clone();
-        conns.spawn(async move {
-            // The TLS handshake runs here, not in the accept loop.
-            let Some(stream) = tls.accept(stream).await else {
-                return;
-            };
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = super::pod::serve(conn, draining, |c| c.graceful_shutdown()).await {
-                tracing::trace!(error = %err, "grpc pod connection ended with an error");
-            }
-        });
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

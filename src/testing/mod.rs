@@ -42,6 +42,7 @@ pub use self::wait::{wait_for, wait_for_async};
 pub use hickory_proto::rr::RecordType;
 
 mod pod;
+mod server;
 pub use self::pod::{AUTHORITY_HEADER, Pod};
 
 mod tls;

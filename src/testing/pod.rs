@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,13 +13,12 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
 
+use super::server::{Conns, Server, pod_lifecycle, serve_http};
 use super::tls::ServerTls;
+use crate::sync::lock;
 
 /// How long a pod in [`Pod::set_reset`] mode waits between the first half
 /// of a body and the abort, so that the head and that half reach the client.
@@ -57,9 +56,8 @@ pub const AUTHORITY_HEADER: &str = "x-pod-authority";
 /// ```
 #[derive(Debug)]
 pub struct Pod {
-    addr: SocketAddr,
     state: Arc<PodState>,
-    accept: Mutex<Option<JoinHandle<()>>>,
+    server: Server,
 }
 
 #[derive(Debug)]
@@ -70,25 +68,14 @@ struct PodState {
     status: AtomicU16,
     hang: watch::Sender<bool>,
     reset: AtomicBool,
-    /// Bumped by every `kill`, to end requests that outlive their
-    /// connection (HTTP/2 runs each request in a task of its own).
-    kills: watch::Sender<u64>,
-    /// True from `shutdown` until `restart`: every connection is asked to
-    /// close gracefully (see [`serve`]).
-    draining: watch::Sender<bool>,
     requests: AtomicU64,
     in_flight: AtomicU64,
-    connections: AtomicU64,
     last_authority: Mutex<Option<String>>,
     last_version: Mutex<Option<Version>>,
-    /// TLS for every connection, or plain TCP.
-    tls: ServerTls,
-    /// The protocol the last TLS connection chose by ALPN.
-    last_alpn: Mutex<Option<Vec<u8>>>,
     /// The scheme of the last HTTP/2 request (`:scheme`).
     last_scheme: Mutex<Option<String>>,
-    /// One task per accepted connection, so that `kill` can abort them all.
-    conns: Mutex<JoinSet<()>>,
+    /// The connections, and the kill signal requests wait on.
+    conns: Arc<Conns>,
 }
 
 /// Decrements the in-flight count when a request ends, answered or not.
@@ -96,19 +83,9 @@ struct InFlight(Arc<PodState>);
 
 // ===== impl Pod =====
 
+pod_lifecycle!(Pod);
+
 impl Pod {
-    /// Starts one pod on each of `ips`, all on the same port, as the pods of
-    /// a Kubernetes service are: the port is picked free on the first IP and
-    /// the whole set is retried (a few times) if another IP has it taken.
-    pub async fn start_all(ips: &[std::net::IpAddr]) -> io::Result<Vec<Pod>> {
-        start_on_one_port(ips, Pod::start, Pod::addr).await
-    }
-
-    /// Binds `addr` (port 0 picks a free port) and starts serving.
-    pub async fn start(addr: SocketAddr) -> io::Result<Pod> {
-        Self::start_with(addr, ServerTls::default()).await
-    }
-
     /// Like [`start`](Self::start), serving HTTP/1.1 and HTTP/2 over TLS
     /// with `config` (features `testing` and `tls`; certificates from
     /// [`TestCa`](super::TestCa)). Whether a connection speaks h2 follows
@@ -122,19 +99,10 @@ impl Pod {
         Self::start_with(addr, ServerTls::new(config)).await
     }
 
-    /// [`start_all`](Self::start_all) with TLS: one pod per IP, one port,
-    /// each serving with `config`.
-    #[cfg(feature = "tls")]
-    pub async fn start_all_tls(
-        ips: &[std::net::IpAddr],
-        config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> io::Result<Vec<Pod>> {
-        start_on_one_port(ips, |addr| Pod::start_tls(addr, config.clone()), Pod::addr).await
-    }
-
     async fn start_with(addr: SocketAddr, tls: ServerTls) -> io::Result<Pod> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let conns = Conns::new(tls);
         let state = Arc::new(PodState {
             addr,
             body: Bytes::from(addr.to_string()),
@@ -142,30 +110,21 @@ impl Pod {
             status: AtomicU16::new(StatusCode::OK.as_u16()),
             hang: watch::Sender::new(false),
             reset: AtomicBool::new(false),
-            kills: watch::Sender::new(0),
-            draining: watch::Sender::new(false),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
             last_authority: Mutex::new(None),
             last_version: Mutex::new(None),
-            tls,
-            last_alpn: Mutex::new(None),
             last_scheme: Mutex::new(None),
-            conns: Mutex::new(JoinSet::new()),
+            conns: conns.clone(),
         });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
-        tracing::debug!(pod = %addr, "pod started");
-        Ok(Pod {
-            addr,
-            state,
-            accept: Mutex::new(Some(accept)),
-        })
-    }
-
-    /// The address the pod listens on (with the real port if 0 was asked for).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        let answering = state.clone();
+        let handler = Arc::new(move |stream, draining| {
+            let state = answering.clone();
+            let service = service_fn(move |req| answer(state.clone(), req));
+            Box::pin(serve_http(stream, service, draining)) as _
+        });
+        let server = Server::start(listener, "pod", conns, handler)?;
+        Ok(Pod { state, server })
     }
 
     /// Waits this long before answering each request. Default: none.
@@ -203,11 +162,6 @@ impl Pod {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.state.connections.load(Ordering::Relaxed)
-    }
-
     /// The authority of the last request: `Host` for HTTP/1.1, `:authority`
     /// for HTTP/2. Also echoed in the [`AUTHORITY_HEADER`] response header.
     pub fn last_authority(&self) -> Option<String> {
@@ -222,38 +176,13 @@ impl Pod {
     /// The protocol the last TLS connection chose by ALPN (`b"h2"`,
     /// `b"http/1.1"`); `None` before one did, and for plain TCP.
     pub fn last_alpn(&self) -> Option<Vec<u8>> {
-        lock(&self.state.last_alpn).clone()
+        self.state.conns.last_alpn()
     }
 
     /// The `:scheme` of the last HTTP/2 request (`"https"` over TLS);
     /// `None` before one, and for HTTP/1.1, which sends none.
     pub fn last_scheme(&self) -> Option<String> {
         lock(&self.state.last_scheme).clone()
-    }
-
-    /// True between `start`/`restart` and `kill`.
-    pub fn is_running(&self) -> bool {
-        lock(&self.accept).is_some()
-    }
-
-    /// Crashes the pod: closes the listener, so new connections are refused,
-    /// and drops every open connection, as the kernel does when a process
-    /// dies. Returns once all sockets are closed. Idempotent.
-    pub async fn kill(&self) {
-        let accept = lock(&self.accept).take();
-        if let Some(accept) = accept {
-            accept.abort();
-            // Awaiting a cancelled task returns after its future (holding the
-            // listener) has been dropped.
-            let _ = accept.await;
-            tracing::debug!(pod = %self.addr, "pod killed");
-        }
-        // Abort the connections before waking the handlers parked on `kills`:
-        // a woken handler must never get to write a response on the way out.
-        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
-        conns.abort_all();
-        self.state.kills.send_modify(|k| *k += 1);
-        conns.shutdown().await;
     }
 
     /// Stops the pod the way a well-behaved server does on SIGTERM, and
@@ -270,51 +199,7 @@ impl Pod {
     ///
     /// Idempotent; [`restart`](Self::restart) serves again.
     pub async fn shutdown(&self, grace: Duration) -> bool {
-        let accept = lock(&self.accept).take();
-        if let Some(accept) = accept {
-            accept.abort();
-            let _ = accept.await;
-        }
-        self.state.draining.send_replace(true);
-        let mut conns = std::mem::take(&mut *lock(&self.state.conns));
-        let drained =
-            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} })
-                .await
-                .is_ok();
-        if drained {
-            tracing::debug!(pod = %self.addr, "pod shut down gracefully");
-        } else {
-            tracing::debug!(pod = %self.addr, open = conns.len(), "grace period over; cutting connections");
-            conns.abort_all();
-            self.state.kills.send_modify(|k| *k += 1);
-            conns.shutdown().await;
-        }
-        drained
-    }
-
-    /// Listens on the same address again after [`kill`](Self::kill) or
-    /// [`shutdown`](Self::shutdown). Counters and controls keep their
-    /// values. A no-op while running.
-    pub async fn restart(&self) -> io::Result<()> {
-        if self.is_running() {
-            return Ok(());
-        }
-        let listener = TcpListener::bind(self.addr).await?;
-        self.state.draining.send_replace(false);
-        let accept = tokio::spawn(accept_loop(listener, self.state.clone()));
-        *lock(&self.accept) = Some(accept);
-        tracing::debug!(pod = %self.addr, "pod restarted");
-        Ok(())
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        if let Some(accept) = lock(&self.accept).take() {
-            accept.abort();
-        }
-        lock(&self.state.conns).abort_all();
-        self.state.kills.send_modify(|k| *k += 1);
+        self.server.shutdown(grace).await
     }
 }
 
@@ -333,65 +218,7 @@ impl Drop for InFlight {
     }
 }
 
-// ===== server =====
-
-async fn accept_loop(listener: TcpListener, state: Arc<PodState>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
-            Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(pod = %state.addr, error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        state.connections.fetch_add(1, Ordering::Relaxed);
-        let conn_state = state.clone();
-        let service = service_fn(move |req| answer(conn_state.clone(), req));
-        let mut conns = lock(&state.conns);
-        // Reap finished connections so a long-lived pod does not grow.
-        while conns.try_join_next().is_some() {}
-        let draining = state.draining.subscribe();
-        let tls_state = state.clone();
-        conns.spawn(async move {
-            // TLS handshakes run here, not in the accept loop, so a slow
-            // client delays only its own connection.
-            let Some(stream) = tls_state.tls.accept(stream).await else {
-                return;
-            };
-            if let Some(alpn) = stream.alpn_protocol() {
-                *lock(&tls_state.last_alpn) = Some(alpn);
-            }
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = serve(conn, draining, |c| c.graceful_shutdown()).await {
-                tracing::trace!(error = %err, "pod connection ended with an error");
-            }
-        });
-    }
-}
-
-/// Drives one connection; once `draining` turns true, asks it to close
-/// gracefully with `graceful_shutdown` (hyper: HTTP/2 sends GOAWAY; HTTP/1.1
-/// closes when idle, or sends `Connection: close` on the response in flight)
-/// and drives it until it has.
-pub(crate) async fn serve<F: std::future::Future>(
-    conn: F,
-    mut draining: watch::Receiver<bool>,
-    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut F>),
-) -> F::Output {
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => return result,
-        // `wait_for` sees a flag already set before this connection started.
-        // An error means the pod is gone: its connections are aborted anyway.
-        _ = draining.wait_for(|draining| *draining) => {}
-    }
-    graceful_shutdown(conn.as_mut());
-    conn.await
-}
+// ===== answering =====
 
 async fn answer(
     state: Arc<PodState>,
@@ -413,7 +240,7 @@ async fn answer(
         *lock(&state.last_scheme) = Some(scheme.to_owned());
     }
 
-    let mut killed = state.kills.subscribe();
+    let mut killed = state.conns.killed();
     let mut hang = state.hang.subscribe();
     let wait = async {
         let _ = hang.wait_for(|hang| !hang).await;
@@ -466,44 +293,4 @@ fn cut_off(bytes: Bytes) -> PodBody {
         ))
     });
     BodyExt::boxed(StreamBody::new(futures::StreamExt::chain(first, abort)))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Starts one server per IP, all on the same port, as the pods of a
-/// Kubernetes service are: the port is picked free on the first IP and the
-/// whole set is retried (a few times) if another IP has it taken.
-pub(crate) async fn start_on_one_port<P, F, Fut>(
-    ips: &[std::net::IpAddr],
-    start: F,
-    addr_of: fn(&P) -> SocketAddr,
-) -> io::Result<Vec<P>>
-where
-    F: Fn(SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = io::Result<P>>,
-{
-    let Some((first, rest)) = ips.split_first() else {
-        return Ok(Vec::new());
-    };
-    let mut last_err = None;
-    for _ in 0..8 {
-        let lead = start(SocketAddr::new(*first, 0)).await?;
-        let port = addr_of(&lead).port();
-        let mut pods = vec![lead];
-        for ip in rest {
-            match start(SocketAddr::new(*ip, port)).await {
-                Ok(pod) => pods.push(pod),
-                Err(e) => {
-                    last_err = Some(e);
-                    break;
-                }
-            }
-        }
-        if pods.len() == ips.len() {
-            return Ok(pods);
-        }
-    }
-    Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
 }

@@ -1,0 +1,391 @@
+//! The part every test pod shares: a listener on a loopback address, one task per connection (TLS or not), crash, graceful stop, restart.
+//!
+//! [`Pod`](super::Pod) and [`GrpcPod`](super::GrpcPod) differ only in what
+//! they answer; how a pod lives and dies is here, once.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::tls::{ServerStream, ServerTls};
+use crate::sync::lock;
+
+/// How long the accept loop waits after a failed accept (EMFILE and the
+/// like) before it tries again, instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// What a pod does with each accepted connection: serve it until it ends,
+/// closing gracefully once the receiver turns true.
+pub(crate) type Handler =
+    Arc<dyn Fn(ServerStream, watch::Receiver<bool>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A pod's connections and the signals its request handlers watch.
+#[derive(Debug)]
+pub(crate) struct Conns {
+    /// Bumped by every kill, to end requests that outlive their connection
+    /// (HTTP/2 runs each request in a task of its own).
+    kills: watch::Sender<u64>,
+    /// True from `shutdown` until `restart`: every connection is asked to
+    /// close gracefully (see [`serve_http`]).
+    draining: watch::Sender<bool>,
+    connections: AtomicU64,
+    /// TLS for every connection, or plain TCP.
+    tls: ServerTls,
+    /// The protocol the last TLS connection chose by ALPN.
+    last_alpn: Mutex<Option<Vec<u8>>>,
+    /// One task per accepted connection, so that a kill can abort them all.
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// A running (or killed) pod: its address, its accept loop and its connections.
+pub(crate) struct Server {
+    addr: SocketAddr,
+    /// "pod" or "grpc pod", for log lines.
+    kind: &'static str,
+    conns: Arc<Conns>,
+    handler: Handler,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+// ===== impl Conns =====
+
+impl Conns {
+    pub(crate) fn new(tls: ServerTls) -> Arc<Self> {
+        Arc::new(Self {
+            kills: watch::Sender::new(0),
+            draining: watch::Sender::new(false),
+            connections: AtomicU64::new(0),
+            tls,
+            last_alpn: Mutex::new(None),
+            tasks: Mutex::new(JoinSet::new()),
+        })
+    }
+
+    /// Changes when the pod is killed (or cut off after a shutdown's grace).
+    pub(crate) fn killed(&self) -> watch::Receiver<u64> {
+        self.kills.subscribe()
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The protocol the last TLS connection chose by ALPN.
+    pub(crate) fn last_alpn(&self) -> Option<Vec<u8>> {
+        lock(&self.last_alpn).clone()
+    }
+
+    /// Cuts every connection off, as the kernel does when a process dies:
+    /// the sockets close first, so clients see their connection break and a
+    /// request handler woken by the kill can never write a response on the
+    /// way out; then the handlers that outlive their connection end.
+    async fn cut(&self, mut tasks: JoinSet<()>) {
+        tasks.abort_all();
+        tasks.shutdown().await;
+        self.kills.send_modify(|k| *k += 1);
+    }
+}
+
+// ===== impl Server =====
+
+impl Server {
+    /// Serves `listener` with `handler`.
+    pub(crate) fn start(
+        listener: TcpListener,
+        kind: &'static str,
+        conns: Arc<Conns>,
+        handler: Handler,
+    ) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let server = Self {
+            addr,
+            kind,
+            conns,
+            handler,
+            accept: Mutex::new(None),
+        };
+        server.spawn_accept(listener);
+        tracing::debug!(pod = %addr, kind, "pod started");
+        Ok(server)
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        lock(&self.accept).is_some()
+    }
+
+    pub(crate) fn connections(&self) -> u64 {
+        self.conns.connections()
+    }
+
+    /// Closes the listener and returns once it is closed.
+    async fn close_listener(&self) -> bool {
+        let accept = lock(&self.accept).take();
+        let Some(accept) = accept else {
+            return false;
+        };
+        accept.abort();
+        // Awaiting a cancelled task returns after its future (holding the
+        // listener) has been dropped.
+        let _ = accept.await;
+        true
+    }
+
+    /// A crash: see `Pod::kill`.
+    pub(crate) async fn kill(&self) {
+        if self.close_listener().await {
+            tracing::debug!(pod = %self.addr, kind = self.kind, "pod killed");
+        }
+        let tasks = std::mem::take(&mut *lock(&self.conns.tasks));
+        self.conns.cut(tasks).await;
+    }
+
+    /// A graceful stop: see `Pod::shutdown`.
+    pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
+        self.close_listener().await;
+        self.conns.draining.send_replace(true);
+        let mut tasks = std::mem::take(&mut *lock(&self.conns.tasks));
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        if drained {
+            tracing::debug!(pod = %self.addr, kind = self.kind, "pod shut down gracefully");
+        } else {
+            tracing::debug!(pod = %self.addr, kind = self.kind, open = tasks.len(), "grace period over; cutting connections");
+            self.conns.cut(tasks).await;
+        }
+        drained
+    }
+
+    /// Listens on the same address again; a no-op while running.
+    pub(crate) async fn restart(&self) -> io::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.addr).await?;
+        self.conns.draining.send_replace(false);
+        self.spawn_accept(listener);
+        tracing::debug!(pod = %self.addr, kind = self.kind, "pod restarted");
+        Ok(())
+    }
+
+    fn spawn_accept(&self, listener: TcpListener) {
+        let accept = accept_loop(listener, self.conns.clone(), self.handler.clone());
+        *lock(&self.accept) = Some(tokio::spawn(accept));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(accept) = lock(&self.accept).take() {
+            accept.abort();
+        }
+        // Connections first, as in `Conns::cut`, without waiting.
+        lock(&self.conns.tasks).abort_all();
+        self.conns.kills.send_modify(|k| *k += 1);
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .field("kind", &self.kind)
+            .field("running", &self.is_running())
+            .field("conns", &self.conns)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== serving =====
+
+async fn accept_loop(listener: TcpListener, conns: Arc<Conns>, handler: Handler) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "pod: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        conns.connections.fetch_add(1, Ordering::Relaxed);
+        let draining = conns.draining.subscribe();
+        let handler = handler.clone();
+        let conn_state = conns.clone();
+        let mut tasks = lock(&conns.tasks);
+        // Reap finished connections so a long-lived pod does not grow.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            // TLS handshakes run here, not in the accept loop, so a slow
+            // client delays only its own connection.
+            let Some(stream) = conn_state.tls.accept(stream).await else {
+                return;
+            };
+            if let Some(alpn) = stream.alpn_protocol() {
+                *lock(&conn_state.last_alpn) = Some(alpn);
+            }
+            handler(stream, draining).await;
+        });
+    }
+}
+
+/// Serves one connection with `service`, HTTP/1.1 or HTTP/2 (prior
+/// knowledge or ALPN) as the client speaks; once `draining` turns true, asks
+/// it to close gracefully (HTTP/2 sends GOAWAY; HTTP/1.1 closes when idle, or
+/// sends `Connection: close` on the response in flight) and drives it until
+/// it has.
+pub(crate) async fn serve_http<S, B>(
+    stream: ServerStream,
+    service: S,
+    mut draining: watch::Receiver<bool>,
+) where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let finished = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        // `wait_for` sees a flag already set before this connection started.
+        // An error means the pod is gone: its connections are aborted anyway.
+        _ = draining.wait_for(|draining| *draining) => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::trace!(error = %err, "pod connection ended with an error");
+    }
+}
+
+/// Starts one server per IP, all on the same port, as the pods of a
+/// Kubernetes service are: the port is picked free on the first IP and the
+/// whole set is retried (a few times) if another IP has it taken.
+pub(crate) async fn start_on_one_port<P, F, Fut>(
+    ips: &[std::net::IpAddr],
+    start: F,
+    addr_of: fn(&P) -> SocketAddr,
+) -> io::Result<Vec<P>>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = io::Result<P>>,
+{
+    let Some((first, rest)) = ips.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut last_err = None;
+    for _ in 0..8 {
+        let lead = start(SocketAddr::new(*first, 0)).await?;
+        let port = addr_of(&lead).port();
+        let mut pods = vec![lead];
+        for ip in rest {
+            match start(SocketAddr::new(*ip, port)).await {
+                Ok(pod) => pods.push(pod),
+                Err(e) => {
+                    last_err = Some(e);
+                    break;
+                }
+            }
+        }
+        if pods.len() == ips.len() {
+            return Ok(pods);
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no common free port")))
+}
+
+/// The methods every test pod has alike: starting one, or a set on one
+/// port; its address and connection count; whether it runs, a crash and a
+/// restart. The pod type has a `server: Server` field and an
+/// `async fn start_with(SocketAddr, ServerTls) -> io::Result<Self>`; its
+/// `start_tls` and `shutdown` say what is particular to its protocol.
+macro_rules! pod_lifecycle {
+    ($pod:ident) => {
+        impl $pod {
+            /// Starts one pod on each of `ips`, all on the same port, as the
+            /// pods of a Kubernetes service are: the port is picked free on
+            /// the first IP and the whole set is retried (a few times) if
+            /// another IP has it taken.
+            pub async fn start_all(ips: &[std::net::IpAddr]) -> std::io::Result<Vec<$pod>> {
+                $crate::testing::server::start_on_one_port(ips, $pod::start, $pod::addr).await
+            }
+
+            /// Binds `addr` (port 0 picks a free port) and starts serving.
+            pub async fn start(addr: std::net::SocketAddr) -> std::io::Result<$pod> {
+                Self::start_with(addr, $crate::testing::tls::ServerTls::default()).await
+            }
+
+            /// [`start_all`](Self::start_all) with TLS: one pod per IP, one
+            /// port, each serving with `config`.
+            #[cfg(feature = "tls")]
+            pub async fn start_all_tls(
+                ips: &[std::net::IpAddr],
+                config: std::sync::Arc<rustls::ServerConfig>,
+            ) -> std::io::Result<Vec<$pod>> {
+                let start = |addr| $pod::start_tls(addr, config.clone());
+                $crate::testing::server::start_on_one_port(ips, start, $pod::addr).await
+            }
+
+            /// The address the pod listens on (with the real port if 0 was
+            /// asked for).
+            pub fn addr(&self) -> std::net::SocketAddr {
+                self.server.addr()
+            }
+
+            /// Connections accepted so far.
+            pub fn connections(&self) -> u64 {
+                self.server.connections()
+            }
+
+            /// True between `start`/`restart` and `kill`.
+            pub fn is_running(&self) -> bool {
+                self.server.is_running()
+            }
+
+            /// Crashes the pod: closes the listener, so new connections are
+            /// refused, and drops every open connection, failing the requests
+            /// on them, as the kernel does when a process dies. Returns once
+            /// all sockets are closed. Idempotent.
+            pub async fn kill(&self) {
+                self.server.kill().await;
+            }
+
+            /// Listens on the same address again after [`kill`](Self::kill)
+            /// or [`shutdown`](Self::shutdown). Counters and controls keep
+            /// their values. A no-op while running.
+            pub async fn restart(&self) -> std::io::Result<()> {
+                self.server.restart().await
+            }
+        }
+    };
+}
+pub(crate) use pod_lifecycle;
