@@ -20,6 +20,7 @@ pub mod error;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 mod not_sent;
 pub mod resolve;
 pub mod stats;

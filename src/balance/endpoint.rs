@@ -87,6 +87,8 @@ pub(crate) struct Load {
     answered_ns: AtomicU64,
     last_warn_ns: AtomicU64,
     epoch: Instant,
+    /// The endpoint's series (cargo feature `metrics`; nothing without it).
+    pub(crate) metrics: crate::metrics::EndpointMetrics,
 }
 
 // ===== impl EndpointState =====
@@ -120,6 +122,7 @@ impl<S> Endpoint<S> {
         initial_rtt: Duration,
         decay: Duration,
         failure_accrual: u32,
+        metrics: crate::metrics::EndpointMetrics,
     ) -> Self {
         Self {
             addr,
@@ -138,6 +141,7 @@ impl<S> Endpoint<S> {
                 answered_ns: AtomicU64::new(0),
                 last_warn_ns: AtomicU64::new(0),
                 epoch: Instant::now(),
+                metrics,
             },
             unhealthy: Notify::new(),
         }
@@ -151,6 +155,7 @@ impl<S> Endpoint<S> {
     pub(crate) fn set_state(&self, state: EndpointState) {
         let prior = EndpointState::from_u8(self.state.swap(state.as_u8(), Ordering::AcqRel));
         if prior != state {
+            self.load.metrics.state(state);
             tracing::debug!(endpoint = %self.addr, state = ?state, prior = ?prior, "endpoint state changed");
         }
     }
@@ -169,6 +174,7 @@ impl<S> Endpoint<S> {
             )
             .is_ok();
         if moved {
+            self.load.metrics.state(EndpointState::Backoff);
             tracing::debug!(endpoint = %self.addr, state = ?EndpointState::Backoff, "endpoint state changed by a failed request");
             self.unhealthy.notify_one();
         }
