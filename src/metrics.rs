@@ -55,10 +55,10 @@
 //!
 //! # Spans
 //!
-//! - `request` (debug): one per request through a balanced client, with
+//! - `request` (debug, target `headless_lb::balance`): one per request through a balanced client, with
 //!   `target` and the chosen `endpoint`; the pick's two candidates and their
 //!   costs are a trace event (`p2c`) in it, each retry a debug event.
-//! - `dns_refresh` (debug): one per DNS lookup, with `target`, `outcome` and
+//! - `dns_refresh` (debug, target `headless_lb::discover`): one per DNS lookup, with `target`, `outcome` and
 //!   `endpoints`; the set's changes and lookup warnings are events in it.
 //!
 //! With no subscriber, or one that filters out debug, a span costs a cached
@@ -142,6 +142,7 @@ impl Outcome {
 #[inline]
 pub(crate) fn request_span(target: &str) -> tracing::Span {
     tracing::debug_span!(
+        target: "headless_lb::balance",
         "request",
         target = %target,
         endpoint = tracing::field::Empty
@@ -159,6 +160,7 @@ pub(crate) fn record_endpoint(addr: std::net::SocketAddr) {
 /// The span of one DNS refresh.
 pub(crate) fn dns_span(target: &crate::Target) -> tracing::Span {
     tracing::debug_span!(
+        target: "headless_lb::discover",
         "dns_refresh",
         target = %target,
         outcome = tracing::field::Empty,
