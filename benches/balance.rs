@@ -4,6 +4,12 @@
 //!
 //! `cargo bench --bench balance` (add `-- --quick` for a rough run). The
 //! peer comparison (`benches/peers.rs`, scenario 6) reads these results.
+//!
+//! `pick_observed` (last, since it installs a global subscriber) measures
+//! the same pick at 10 endpoints with what observes it: nothing, a global
+//! `tracing` subscriber at INFO (the request span is debug: filtered out),
+//! a scoped subscriber at DEBUG (the span is recorded) and, with
+//! `--features metrics`, a `metrics-exporter-prometheus` recorder.
 
 #[path = "peers_core/immediate.rs"]
 mod immediate;
@@ -114,5 +120,57 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, throughput);
+/// The pick at 10 endpoints, bare and observed.
+fn observed(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("pick_observed");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(1));
+    let n = 10;
+    let lb = ours(&rt, n);
+    group.bench_function("none", |b| {
+        b.to_async(&rt).iter(|| lb.clone().oneshot(black_box(1)))
+    });
+
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            // Built under the recorder: the endpoints register their series there.
+            let lb = ours(&rt, n);
+            group.bench_function("prometheus_recorder", |b| {
+                b.to_async(&rt).iter(|| lb.clone().oneshot(black_box(1)))
+            });
+        });
+    }
+
+    let debug = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(debug, || {
+        group.bench_function("subscriber_debug_scoped", |b| {
+            b.to_async(&rt).iter(|| lb.clone().oneshot(black_box(1)))
+        });
+    });
+
+    let info = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    if tracing::subscriber::set_global_default(info).is_ok() {
+        group.bench_function("subscriber_info_global", |b| {
+            b.to_async(&rt).iter(|| lb.clone().oneshot(black_box(1)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, throughput, observed);
 criterion_main!(benches);

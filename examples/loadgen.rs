@@ -4,7 +4,7 @@
 //! cargo run --example loadgen -- TARGET [--nameserver IP:PORT] [--protocol http|grpc]
 //!     [--mode p2c|round-robin|random|direct] [--concurrency N]
 //!     [--duration SECS | --requests N] [--path P] [--timeout-ms N] [--http2]
-//!     [--tls-ca PEM [--tls-server-name NAME]]
+//!     [--tls-ca PEM [--tls-server-name NAME]] [--metrics-listen IP:PORT] [--quiet]
 //! ```
 //!
 //! stdout, once at the end:
@@ -46,16 +46,30 @@
 //! `--http2` and for gRPC. It applies to `p2c` (HTTP and gRPC) and to the
 //! HTTP `round-robin` and `random` baselines.
 //!
-//! Progress goes to stderr once a second. Bad arguments exit with status 2 and
-//! one line on stderr; a target that never resolves exits with status 1.
+//! `--metrics-listen` (build with `--features metrics`) serves the client's
+//! metrics (`headless_lb::metrics`) in Prometheus text format on
+//! `http://IP:PORT/metrics` while it runs, through `metrics-exporter-prometheus`
+//! with a 60 s idle timeout (departed pods' series leave) and histogram
+//! buckets for the `_seconds` metrics.
+//!
+//! Progress goes to stderr once a second unless `--quiet`: the requests and
+//! errors so far and, over the last second, the rate, errors, p99 and each
+//! pod's share:
+//!
+//! ```text
+//! loadgen: 3s 12000 requests, 0 errors, 4000 rps; last 1s: 4012 rps, 0 errors, p99 2.1 ms, 127.0.0.11:8080 33% 127.0.0.12:8080 33% 127.0.0.13:8080 34%
+//! ```
+//!
+//! Bad arguments exit with status 2 and one line on stderr; a target that
+//! never resolves exits with status 1.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -118,6 +132,13 @@ struct Args {
     /// The name the pods' certificates are checked against [the target's host].
     #[arg(long, value_name = "NAME", requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Serve the client's metrics in Prometheus text format on
+    /// http://IP:PORT/metrics while running (needs the `metrics` feature).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_listen: Option<SocketAddr>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
     /// The client configuration read from --tls-ca.
     #[cfg(feature = "tls")]
     #[arg(skip)]
@@ -233,6 +254,17 @@ async fn main() -> ExitCode {
         );
     }
     common::init_logging();
+    if let Some(addr) = args.metrics_listen {
+        #[cfg(feature = "metrics")]
+        if let Err(e) = serve_metrics(addr) {
+            eprintln!("error: cannot serve metrics on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+        #[cfg(not(feature = "metrics"))]
+        return common::usage_error(format!(
+            "--metrics-listen {addr} needs the metrics feature: build with `--features metrics`"
+        ));
+    }
 
     let protocol = if args.http2 {
         Protocol::Http2
@@ -271,6 +303,28 @@ async fn main() -> ExitCode {
 enum Failure {
     Usage(String),
     Runtime(String),
+}
+
+/// Installs the Prometheus exporter, serving `/metrics` on `addr`; before
+/// any client is built, since clients register their series as pods appear.
+#[cfg(feature = "metrics")]
+fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use metrics_util::MetricKindMask;
+    // 100 µs to 10 s.
+    const BUCKETS: [f64; 16] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    // Binding here reports a taken port as an error rather than a log line.
+    std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(60)))
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| e.to_string())
 }
 
 fn is_http(args: &Args) -> bool {
@@ -503,39 +557,27 @@ async fn run(args: &Args, sender: Arc<Sender>) -> Report {
         (None, None) => Budget::Until(Instant::now() + Duration::from_secs(10)),
     };
     let issued = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    // One tally per worker: its lock is the worker's own but for the
+    // progress task's look once a second.
+    let tallies: Vec<Arc<Mutex<Tally>>> = (0..args.concurrency).map(|_| Arc::default()).collect();
 
-    let progress = tokio::spawn({
-        let (done, errors) = (done.clone(), errors.clone());
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let t = start.elapsed().as_secs_f64();
-                let n = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "loadgen: {t:.0}s {n} requests, {} errors, {:.0} rps",
-                    errors.load(Ordering::Relaxed),
-                    n as f64 / t
-                );
-            }
-        }
-    });
+    let progress = (!args.quiet).then(|| tokio::spawn(progress(tallies.clone(), start)));
 
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
+    let workers: Vec<_> = tallies
+        .iter()
+        .map(|tally| {
             let sender = sender.clone();
             let path = args.path.clone();
-            let (issued, done, errors) = (issued.clone(), done.clone(), errors.clone());
+            let issued = issued.clone();
+            let tally = tally.clone();
             tokio::spawn(async move {
-                let mut tally = Tally::default();
                 while budget.take(&issued) {
                     let sent = Instant::now();
                     let outcome = tokio::time::timeout(timeout, sender.send(&path)).await;
-                    tally.latencies.push(sent.elapsed());
+                    let latency = sent.elapsed();
+                    let mut tally = lock(&tally);
+                    tally.latencies.push(latency);
                     let ok = match outcome {
                         Ok(outcome) => {
                             if let Some(endpoint) = outcome.endpoint {
@@ -547,18 +589,18 @@ async fn run(args: &Args, sender: Arc<Sender>) -> Report {
                     };
                     if !ok {
                         tally.errors += 1;
-                        errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    done.fetch_add(1, Ordering::Relaxed);
                 }
-                tally
             })
         })
         .collect();
 
-    let mut total = Tally::default();
     for worker in workers {
-        let tally = worker.await.expect("a worker panicked");
+        worker.await.expect("a worker panicked");
+    }
+    let mut total = Tally::default();
+    for tally in &tallies {
+        let tally = std::mem::take(&mut *lock(tally));
         total.latencies.extend(tally.latencies);
         total.errors += tally.errors;
         for (endpoint, n) in tally.per_endpoint {
@@ -566,7 +608,9 @@ async fn run(args: &Args, sender: Arc<Sender>) -> Report {
         }
     }
     let elapsed = start.elapsed();
-    progress.abort();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
 
     let mut latencies = total.latencies;
     latencies.sort_unstable();
@@ -583,6 +627,64 @@ async fn run(args: &Args, sender: Arc<Sender>) -> Report {
         p999_ms: percentile_ms(&latencies, 0.999),
         max_ms: latencies.last().map_or(0.0, |d| round3(ms(*d))),
         per_endpoint: total.per_endpoint.into_iter().collect(),
+    }
+}
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prints a progress line to stderr once a second: totals, and over the last
+/// second the rate, errors, p99 and each pod's share of the responses.
+async fn progress(tallies: Vec<Arc<Mutex<Tally>>>, start: Instant) {
+    // Per worker, how many latencies the previous line had seen.
+    let mut seen = vec![0usize; tallies.len()];
+    let mut errors_before = 0;
+    let mut per_endpoint_before: HashMap<String, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let mut window = Vec::new();
+        let (mut requests, mut errors) = (0, 0);
+        let mut per_endpoint: HashMap<String, u64> = HashMap::new();
+        for (tally, seen) in tallies.iter().zip(&mut seen) {
+            let tally = lock(tally);
+            window.extend_from_slice(&tally.latencies[*seen..]);
+            *seen = tally.latencies.len();
+            requests += tally.latencies.len() as u64;
+            errors += tally.errors;
+            for (endpoint, n) in &tally.per_endpoint {
+                *per_endpoint.entry(endpoint.clone()).or_default() += n;
+            }
+        }
+        window.sort_unstable();
+        let mut shares: Vec<(String, u64)> = per_endpoint
+            .iter()
+            .map(|(e, n)| {
+                (
+                    e.clone(),
+                    n - per_endpoint_before.get(e).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        shares.sort();
+        let answered: u64 = shares.iter().map(|(_, n)| n).sum();
+        let shares: Vec<String> = shares
+            .iter()
+            .map(|(e, n)| format!("{e} {:.0}%", 100.0 * *n as f64 / answered.max(1) as f64))
+            .collect();
+        let t = start.elapsed().as_secs_f64();
+        eprintln!(
+            "loadgen: {t:.0}s {requests} requests, {errors} errors, {:.0} rps; last 1s: {} rps, {} errors, p99 {:.1} ms, {}",
+            requests as f64 / t,
+            window.len(),
+            errors - errors_before,
+            percentile_ms(&window, 0.99),
+            shares.join(" ")
+        );
+        errors_before = errors;
+        per_endpoint_before = per_endpoint;
     }
 }
 

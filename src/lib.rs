@@ -21,6 +21,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 mod log;
+pub mod metrics;
 mod not_sent;
 pub mod resolve;
 pub mod stats;

@@ -67,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) last_error_source: Option<LastErrorSource>,
     /// Called when a pod fails in a way that says discovery may be stale.
     pub(crate) on_endpoint_failure: Option<FailureHook>,
+    /// The per-target series, registered when the balancer starts.
+    pub(crate) metrics: crate::metrics::BalancerMetrics,
 }
 
 /// What [`Builder::on_endpoint_failure`] calls.
@@ -256,6 +258,7 @@ impl Default for Config {
             warn_interval: WARN_INTERVAL,
             last_error_source: None,
             on_endpoint_failure: None,
+            metrics: Default::default(),
         }
     }
 }

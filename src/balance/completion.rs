@@ -3,9 +3,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::endpoint::{Endpoint, Load};
+use crate::metrics::Outcome;
 
 /// Counts one request as pending on its endpoint until dropped.
 ///
@@ -21,7 +22,8 @@ use super::endpoint::{Endpoint, Load};
 /// [`Builder::failure_accrual`](super::Builder::failure_accrual)).
 pub struct PendingGuard {
     endpoint: Arc<dyn AsLoad>,
-    failed: AtomicBool,
+    /// How the request ended ([`Outcome`] as `u8`); the first failure recorded wins.
+    outcome: AtomicU8,
 }
 
 /// Decides when a dispatched request stops counting as pending.
@@ -85,7 +87,7 @@ impl PendingGuard {
         endpoint.load.pending.fetch_add(1, Ordering::Relaxed);
         Self {
             endpoint,
-            failed: AtomicBool::new(false),
+            outcome: AtomicU8::new(Outcome::Ok as u8),
         }
     }
 
@@ -109,9 +111,31 @@ impl PendingGuard {
     /// [`failure_accrual`](super::Builder::failure_accrual) failed requests
     /// in a row, the endpoint is taken out of picks for a backoff.
     pub fn record_failure(&self) {
-        if !self.failed.swap(true, Ordering::Relaxed) && self.load().record_failure() {
+        self.fail(Outcome::Failed);
+    }
+
+    /// Counts the request as failed because it was never sent (its
+    /// endpoint's connection failed), like [`record_failure`](Self::record_failure).
+    pub(crate) fn record_not_sent(&self) {
+        self.fail(Outcome::NotSent);
+    }
+
+    fn fail(&self, outcome: Outcome) {
+        if self.first_failure(outcome) && self.load().record_failure() {
             self.endpoint.mark_unhealthy();
         }
+    }
+
+    /// Records `outcome` unless a failure was recorded already; true if it was the first.
+    fn first_failure(&self, outcome: Outcome) -> bool {
+        self.outcome
+            .compare_exchange(
+                Outcome::Ok as u8,
+                outcome as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Counts the request as failed in the stats, but neither extends nor
@@ -119,7 +143,7 @@ impl PendingGuard {
     /// says as much about the caller's deadline (or a hedged request that
     /// won elsewhere) as about the endpoint.
     pub(crate) fn record_abandoned(&self) {
-        if !self.failed.swap(true, Ordering::Relaxed) {
+        if self.first_failure(Outcome::TimedOut) {
             self.load().failures.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -129,9 +153,11 @@ impl Drop for PendingGuard {
     fn drop(&mut self) {
         let load = self.endpoint.load();
         load.pending.fetch_sub(1, Ordering::Relaxed);
-        if !*self.failed.get_mut() {
+        let outcome = Outcome::from_u8(*self.outcome.get_mut());
+        if outcome == Outcome::Ok {
             load.record_success();
         }
+        load.metrics.request_done(outcome);
     }
 }
 

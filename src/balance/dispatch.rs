@@ -48,6 +48,7 @@ where
             None => wait_for_endpoint(&balancer, &mut deadline).await?,
         };
         let addr = endpoint.addr;
+        crate::metrics::record_endpoint(addr);
         // Pending from the pick on, so that concurrent picks see this one.
         let guard = PendingGuard::new(endpoint.clone());
         let mut service = endpoint.service.clone();
@@ -57,6 +58,7 @@ where
             unsent_failure(&balancer, &endpoint, &guard, &error);
             if retries < config.max_retries {
                 retries += 1;
+                config.metrics.retry();
                 tracing::debug!(endpoint = %addr, %error, retries, "endpoint not ready; retrying the request elsewhere");
                 continue;
             }
@@ -80,6 +82,10 @@ where
                     .load
                     .rtt
                     .observe(now.saturating_duration_since(sent_at), now);
+                endpoint
+                    .load
+                    .metrics
+                    .rtt(now.saturating_duration_since(sent_at));
                 return Ok(balancer.completion.complete(response, guard));
             }
             Err(error) => {
@@ -107,6 +113,7 @@ where
                 match returned {
                     Some(again) if retries < config.max_retries => {
                         retries += 1;
+                        config.metrics.retry();
                         request = again;
                         tracing::debug!(endpoint = %addr, %error, retries, "request not sent; retrying it elsewhere");
                     }
@@ -181,6 +188,7 @@ async fn wait_for_endpoint<Req, S, C>(
                 .as_ref()
                 .and_then(|source| source())
                 .or_else(|| balancer.shared.discover_error());
+            config.metrics.failfast();
             tracing::debug!(target_name = %config.target, waited = ?timeout, "no endpoint available");
             return Err(BalanceError::NoEndpoints {
                 target: config.target.clone(),
@@ -199,7 +207,7 @@ fn unsent_failure<Req, S, C>(
     guard: &PendingGuard,
     error: &BoxError,
 ) {
-    guard.record_failure();
+    guard.record_not_sent();
     endpoint.mark_unhealthy();
     endpoint_failed(&balancer.config, endpoint.addr);
     warn_failure(

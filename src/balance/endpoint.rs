@@ -90,6 +90,8 @@ pub(crate) struct Load {
     /// Warnings about this endpoint's failures: one per `warn_interval`.
     warn_gate: WarnGate,
     epoch: Instant,
+    /// The endpoint's series (cargo feature `metrics`; nothing without it).
+    pub(crate) metrics: crate::metrics::EndpointMetrics,
 }
 
 // ===== impl EndpointState =====
@@ -123,6 +125,7 @@ impl<S> Endpoint<S> {
         initial_rtt: Duration,
         decay: Duration,
         failure_accrual: u32,
+        metrics: crate::metrics::EndpointMetrics,
     ) -> Self {
         Self {
             addr,
@@ -141,6 +144,7 @@ impl<S> Endpoint<S> {
                 answered_ns: AtomicU64::new(0),
                 warn_gate: WarnGate::new(),
                 epoch: Instant::now(),
+                metrics,
             },
             unhealthy: Notify::new(),
         }
@@ -154,6 +158,7 @@ impl<S> Endpoint<S> {
     pub(crate) fn set_state(&self, state: EndpointState) {
         let prior = EndpointState::from_u8(self.state.swap(state.as_u8(), Ordering::AcqRel));
         if prior != state {
+            self.load.metrics.state(state);
             tracing::debug!(endpoint = %self.addr, state = ?state, prior = ?prior, "endpoint state changed");
         }
     }
@@ -173,6 +178,7 @@ impl<S> Endpoint<S> {
             )
             .is_ok();
         if moved {
+            self.load.metrics.state(EndpointState::Backoff);
             tracing::debug!(endpoint = %self.addr, state = ?EndpointState::Backoff, "endpoint state changed by a failed request");
             self.unhealthy.notify_one();
         }

@@ -85,11 +85,12 @@ where
     C: Completion<S::Response>,
 {
     /// Spawns the background task over `discover` and returns the first handle.
-    pub(crate) fn spawn<D>(config: Config, discover: D, completion: C) -> Self
+    pub(crate) fn spawn<D>(mut config: Config, discover: D, completion: C) -> Self
     where
         D: Discover<Key = SocketAddr, Service = S> + Send + 'static,
         D::Error: Into<BoxError>,
     {
+        config.metrics = crate::metrics::BalancerMetrics::new(&config.target);
         let shared = Arc::new(Shared::new());
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(task::run::<D, Req, S>(
@@ -127,7 +128,11 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        Box::pin(dispatch(self.clone(), request))
+        let span = crate::metrics::request_span(&self.config.target);
+        Box::pin(tracing::Instrument::instrument(
+            dispatch(self.clone(), request),
+            span,
+        ))
     }
 }
 

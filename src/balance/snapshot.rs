@@ -56,6 +56,11 @@ impl<S> Snapshot<S> {
         }
     }
 
+    /// Every listed endpoint is backing off.
+    pub(crate) fn is_panic(&self) -> bool {
+        self.panic
+    }
+
     fn empty() -> Self {
         Self::new(Vec::new(), Vec::new())
     }

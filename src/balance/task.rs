@@ -88,6 +88,7 @@ pub(crate) async fn run<D, Req, S>(
     Req: Send + 'static,
 {
     let mut discover = pin!(discover);
+    let mut metrics_tick = crate::metrics::Ticker::new();
     let mut discovering = true;
     let mut task = Task::<Req, S> {
         shared,
@@ -111,6 +112,7 @@ pub(crate) async fn run<D, Req, S>(
             Some(step) = task.steps.next(), if !task.steps.is_empty() => {
                 task.on_step(step);
             }
+            () = metrics_tick.tick() => task.sample_metrics(),
         }
         // Apply whatever else is ready before publishing once.
         while discovering {
@@ -172,6 +174,7 @@ where
             initial_rtt,
             self.config.decay,
             self.config.failure_accrual,
+            crate::metrics::EndpointMetrics::new(&self.config.target, addr),
         ));
         tracing::debug!(endpoint = %addr, state = ?EndpointState::Connecting, initial_rtt = ?initial_rtt, "endpoint added");
         let step = self.spawn_step(connect::<Req, S>(endpoint.clone(), Duration::ZERO));
@@ -300,8 +303,23 @@ where
             .values()
             .map(|e| e.endpoint.clone())
             .collect();
-        self.shared
-            .publish(Snapshot::new(all, self.draining.clone()));
+        let snapshot = Snapshot::new(all, self.draining.clone());
+        self.config.metrics.panic_mode(snapshot.is_panic());
+        self.shared.publish(snapshot);
+    }
+
+    /// Samples every endpoint's gauges, listed and draining, and keeps
+    /// their series fresh (see `crate::metrics`).
+    fn sample_metrics(&self) {
+        let now = Instant::now();
+        for entry in self.endpoints.values() {
+            let e = &entry.endpoint;
+            e.load.metrics.sample(&e.load, e.state(), now);
+        }
+        for e in self.draining.iter().filter_map(Weak::upgrade) {
+            e.load.metrics.sample(&e.load, e.state(), now);
+        }
+        self.config.metrics.sample();
     }
 }
 

@@ -381,9 +381,13 @@ impl Refresh {
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
-            let result = match tokio::time::timeout(
-                self.policy.lookup_timeout,
-                self.resolver.resolve(&self.target),
+            let span = crate::metrics::dns_span(&self.target);
+            let result = match tracing::Instrument::instrument(
+                tokio::time::timeout(
+                    self.policy.lookup_timeout,
+                    self.resolver.resolve(&self.target),
+                ),
+                span.clone(),
             )
             .await
             {
@@ -392,6 +396,9 @@ impl Refresh {
                     name: self.target.to_string(),
                 }),
             };
+            crate::metrics::dns_lookup(&span, &self.target, &result, started.elapsed());
+            // Not held across the wait below (an `Entered` guard is not `Send`).
+            let in_span = span.enter();
             let outcome = match &result {
                 Ok(Resolution { ttl, .. }) => Outcome::Answer { ttl: *ttl },
                 Err(e) if e.is_no_records() => Outcome::NoRecords {
@@ -439,8 +446,10 @@ impl Refresh {
                 stats.consecutive_failures = failures;
                 stats.lookups += 1;
                 stats.endpoints = self.sets.borrow().len();
+                crate::metrics::dns_endpoints(&self.target, stats.endpoints);
             }
             tracing::trace!(target = %self.target, ?delay, "next DNS refresh scheduled");
+            drop(in_span);
             let backing_off = matches!(outcome, Outcome::Failed { .. });
             self.wait(due, started, backing_off).await;
         }

@@ -35,11 +35,13 @@ pub use self::client::{
     Client, ClientBuilder, HttpService, ResponseFuture as ClientResponseFuture,
 };
 pub use self::connect::TcpConnector;
+pub(crate) use self::endpoint::EndpointSettings;
+#[cfg(feature = "tonic")]
+pub(crate) use self::endpoint::RefusedUnprocessed;
 pub use self::endpoint::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpEndpoint,
     HttpEndpointBuilder, Protocol, ResponseFuture,
 };
-pub(crate) use self::endpoint::{EndpointSettings, RefusedUnprocessed};
 pub(crate) use self::error::BoxError;
 pub use self::error::ConnectError;
 pub(crate) use self::error::is_peer_timeout;
