@@ -118,14 +118,14 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// How a request attempt ended, as [`REQUESTS_TOTAL`]'s `outcome` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Outcome {
+pub(crate) enum RequestOutcome {
     Ok = 0,
     Failed = 1,
     NotSent = 2,
     TimedOut = 3,
 }
 
-impl Outcome {
+impl RequestOutcome {
     pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Ok,
@@ -337,7 +337,7 @@ mod imp {
 
         /// A request attempt ended.
         #[inline]
-        pub(crate) fn request_done(&self, outcome: Outcome) {
+        pub(crate) fn request_done(&self, outcome: RequestOutcome) {
             self.outcomes[outcome as usize].increment(1);
         }
 
@@ -513,7 +513,7 @@ mod imp {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use super::Outcome;
+    use super::RequestOutcome;
     use crate::balance::{EndpointState, Load};
 
     #[derive(Debug)]
@@ -525,7 +525,7 @@ mod imp {
             Self
         }
         #[inline(always)]
-        pub(crate) fn request_done(&self, _: Outcome) {}
+        pub(crate) fn request_done(&self, _: RequestOutcome) {}
         #[inline(always)]
         pub(crate) fn rtt(&self, _: Duration) {}
         #[inline(always)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::endpoint::{Endpoint, Load};
-use crate::metrics::Outcome;
+use crate::metrics::RequestOutcome;
 
 /// Counts one request as pending on its endpoint until dropped.
 ///
@@ -22,7 +22,7 @@ use crate::metrics::Outcome;
 /// [`Builder::failure_accrual`](super::Builder::failure_accrual)).
 pub struct PendingGuard {
     endpoint: Arc<dyn AsLoad>,
-    /// How the request ended ([`Outcome`] as `u8`); the first failure recorded wins.
+    /// How the request ended ([`RequestOutcome`] as `u8`); the first failure recorded wins.
     outcome: AtomicU8,
 }
 
@@ -87,7 +87,7 @@ impl PendingGuard {
         endpoint.load.pending.fetch_add(1, Ordering::Relaxed);
         Self {
             endpoint,
-            outcome: AtomicU8::new(Outcome::Ok as u8),
+            outcome: AtomicU8::new(RequestOutcome::Ok as u8),
         }
     }
 
@@ -111,26 +111,26 @@ impl PendingGuard {
     /// [`failure_accrual`](super::Builder::failure_accrual) failed requests
     /// in a row, the endpoint is taken out of picks for a backoff.
     pub fn record_failure(&self) {
-        self.fail(Outcome::Failed);
+        self.fail(RequestOutcome::Failed);
     }
 
     /// Counts the request as failed because it was never sent (its
     /// endpoint's connection failed), like [`record_failure`](Self::record_failure).
     pub(crate) fn record_not_sent(&self) {
-        self.fail(Outcome::NotSent);
+        self.fail(RequestOutcome::NotSent);
     }
 
-    fn fail(&self, outcome: Outcome) {
+    fn fail(&self, outcome: RequestOutcome) {
         if self.first_failure(outcome) && self.load().record_failure() {
             self.endpoint.mark_unhealthy();
         }
     }
 
     /// Records `outcome` unless a failure was recorded already; true if it was the first.
-    fn first_failure(&self, outcome: Outcome) -> bool {
+    fn first_failure(&self, outcome: RequestOutcome) -> bool {
         self.outcome
             .compare_exchange(
-                Outcome::Ok as u8,
+                RequestOutcome::Ok as u8,
                 outcome as u8,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
@@ -143,7 +143,7 @@ impl PendingGuard {
     /// says as much about the caller's deadline (or a hedged request that
     /// won elsewhere) as about the endpoint.
     pub(crate) fn record_abandoned(&self) {
-        if self.first_failure(Outcome::TimedOut) {
+        if self.first_failure(RequestOutcome::TimedOut) {
             self.load().failures.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -153,8 +153,8 @@ impl Drop for PendingGuard {
     fn drop(&mut self) {
         let load = self.endpoint.load();
         load.pending.fetch_sub(1, Ordering::Relaxed);
-        let outcome = Outcome::from_u8(*self.outcome.get_mut());
-        if outcome == Outcome::Ok {
+        let outcome = RequestOutcome::from_u8(*self.outcome.get_mut());
+        if outcome == RequestOutcome::Ok {
             load.record_success();
         }
         load.metrics.request_done(outcome);

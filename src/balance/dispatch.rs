@@ -229,17 +229,11 @@ fn endpoint_failed(config: &Config, addr: std::net::SocketAddr) {
 /// True when `error` says the connection broke (reset, closed, I/O error)
 /// rather than that the request was refused by a live server.
 fn is_broken_connection(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.is::<std::io::Error>()
+    crate::error::chain(error).any(|e| {
+        e.is::<std::io::Error>()
             || e.downcast_ref::<hyper::Error>()
                 .is_some_and(|h| h.is_closed() || h.is_incomplete_message() || h.is_canceled())
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    })
 }
 
 fn warn_failure<Req, S, C>(
@@ -248,14 +242,14 @@ fn warn_failure<Req, S, C>(
     error: &BoxError,
     message: &str,
 ) {
-    if endpoint
-        .load
-        .warn_allowed(Instant::now(), balancer.config.warn_interval)
-    {
-        tracing::warn!(endpoint = %endpoint.addr, %error, "{message}");
-    } else {
-        tracing::debug!(endpoint = %endpoint.addr, %error, "{message}");
-    }
+    crate::log::warn_or_debug!(
+        endpoint
+            .load
+            .warn_allowed(Instant::now(), balancer.config.warn_interval),
+        endpoint = %endpoint.addr,
+        %error,
+        "{message}"
+    );
 }
 
 fn endpoint_error<S>(endpoint: &Endpoint<S>, not_sent: bool, source: BoxError) -> BalanceError {

@@ -33,7 +33,7 @@ use super::snapshot::{Shared, Snapshot};
 use crate::log::{WarnGate, warn_or_debug};
 
 /// What one step of an endpoint's connection driver ended with.
-enum Outcome {
+enum Readiness {
     /// `ready()` succeeded.
     Connected,
     /// `ready()` failed.
@@ -44,7 +44,7 @@ enum Outcome {
 
 struct Step<S> {
     endpoint: Arc<Endpoint<S>>,
-    outcome: Outcome,
+    outcome: Readiness,
 }
 
 /// One listed endpoint, as the task tracks it.
@@ -211,9 +211,9 @@ where
             Some(entry) if Arc::ptr_eq(&entry.endpoint, &endpoint) => {
                 let connect_failed = entry.connect_failed;
                 (entry.failures, entry.connect_failed) = match outcome {
-                    Outcome::Connected => (0, false),
-                    Outcome::ConnectFailed(_) => (entry.failures.saturating_add(1), true),
-                    Outcome::Unhealthy => (entry.failures.saturating_add(1), connect_failed),
+                    Readiness::Connected => (0, false),
+                    Readiness::ConnectFailed(_) => (entry.failures.saturating_add(1), true),
+                    Readiness::Unhealthy => (entry.failures.saturating_add(1), connect_failed),
                 };
                 // A run of failed requests backs off as long as failed connects would.
                 let past = endpoint.load.failures_past_accrual();
@@ -222,7 +222,7 @@ where
             _ => return,
         };
         let next = match outcome {
-            Outcome::Connected => {
+            Readiness::Connected => {
                 if connect_failed {
                     // What it measured before it failed says nothing about
                     // the pod it is now (often a restarted process): start
@@ -233,7 +233,7 @@ where
                 endpoint.set_state(EndpointState::Ready);
                 watch(endpoint)
             }
-            Outcome::ConnectFailed(error) => {
+            Readiness::ConnectFailed(error) => {
                 endpoint.set_state(EndpointState::Backoff);
                 if let Some(hook) = &self.config.on_endpoint_failure {
                     hook(addr);
@@ -245,7 +245,7 @@ where
                 warn_or_debug!(allowed, endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
                 connect::<Req, S>(endpoint, delay)
             }
-            Outcome::Unhealthy => {
+            Readiness::Unhealthy => {
                 let delay = self.backoff(failures);
                 tracing::debug!(endpoint = %addr, failures, retry_in = ?delay, "reconnecting an endpoint a request found unhealthy");
                 connect::<Req, S>(endpoint, delay)
@@ -337,8 +337,8 @@ where
         }
         let mut service = endpoint.service.clone();
         let outcome = match ServiceExt::<Req>::ready(&mut service).await {
-            Ok(_) => Outcome::Connected,
-            Err(error) => Outcome::ConnectFailed(error.into()),
+            Ok(_) => Readiness::Connected,
+            Err(error) => Readiness::ConnectFailed(error.into()),
         };
         drop(service);
         Step { endpoint, outcome }
@@ -352,7 +352,7 @@ fn watch<S: Send + Sync + 'static>(endpoint: Arc<Endpoint<S>>) -> BoxFuture<'sta
         endpoint.unhealthy.notified().await;
         Step {
             endpoint,
-            outcome: Outcome::Unhealthy,
+            outcome: Readiness::Unhealthy,
         }
     }
     .boxed()

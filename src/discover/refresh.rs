@@ -117,7 +117,7 @@ pub struct RefreshPolicy {
 
 /// The outcome of one lookup, as far as scheduling cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Lookup {
     /// A good answer with this (shortest) TTL.
     Answer {
         /// The answer's shortest TTL.
@@ -160,15 +160,15 @@ impl RefreshPolicy {
     /// `min_refresh`); a negative TTL likewise, `min_refresh` when the server
     /// gave none; transient failures back off exponentially from
     /// `backoff_base`, doubling up to `backoff_max`.
-    pub(crate) fn base_delay(&self, outcome: Outcome) -> Duration {
+    pub(crate) fn base_delay(&self, outcome: Lookup) -> Duration {
         let clamp = |d: Duration| {
             d.max(self.min_refresh)
                 .min(self.max_refresh.max(self.min_refresh))
         };
         match outcome {
-            Outcome::Answer { ttl } => clamp(ttl),
-            Outcome::NoRecords { negative_ttl } => clamp(negative_ttl.unwrap_or(self.min_refresh)),
-            Outcome::Failed { failures } => {
+            Lookup::Answer { ttl } => clamp(ttl),
+            Lookup::NoRecords { negative_ttl } => clamp(negative_ttl.unwrap_or(self.min_refresh)),
+            Lookup::Failed { failures } => {
                 let doublings = failures.saturating_sub(1).min(31);
                 self.backoff_base
                     .saturating_mul(1u32 << doublings)
@@ -179,7 +179,7 @@ impl RefreshPolicy {
 
     /// The delay before the next lookup: [`base_delay`](Self::base_delay)
     /// scaled by `1 + jitter × (2r − 1)` for `r` in `[0, 1)`, i.e. ±`jitter`.
-    pub(crate) fn delay_after(&self, outcome: Outcome, r: f64) -> Duration {
+    pub(crate) fn delay_after(&self, outcome: Lookup, r: f64) -> Duration {
         let jitter = if self.jitter.is_finite() {
             self.jitter.clamp(0.0, 1.0)
         } else {
@@ -400,16 +400,16 @@ impl Refresh {
             // Not held across the wait below (an `Entered` guard is not `Send`).
             let in_span = span.enter();
             let outcome = match &result {
-                Ok(Resolution { ttl, .. }) => Outcome::Answer { ttl: *ttl },
-                Err(e) if e.is_no_records() => Outcome::NoRecords {
+                Ok(Resolution { ttl, .. }) => Lookup::Answer { ttl: *ttl },
+                Err(e) if e.is_no_records() => Lookup::NoRecords {
                     negative_ttl: e.negative_ttl(),
                 },
-                Err(_) => Outcome::Failed {
+                Err(_) => Lookup::Failed {
                     failures: failures + 1,
                 },
             };
             failures = match outcome {
-                Outcome::Answer { .. } => 0,
+                Lookup::Answer { .. } => 0,
                 _ => failures + 1,
             };
             let mut delay = self.policy.delay_after(outcome, fastrand::f64());
@@ -450,7 +450,7 @@ impl Refresh {
             }
             tracing::trace!(target = %self.target, ?delay, "next DNS refresh scheduled");
             drop(in_span);
-            let backing_off = matches!(outcome, Outcome::Failed { .. });
+            let backing_off = matches!(outcome, Lookup::Failed { .. });
             self.wait(due, started, backing_off).await;
         }
     }
@@ -546,12 +546,12 @@ impl Refresh {
 mod tests {
     use std::time::Duration;
 
-    use super::{Outcome, RefreshPolicy};
+    use super::{Lookup, RefreshPolicy};
 
     #[test]
     fn jitter_stays_within_ten_percent_both_ways() {
         let p = RefreshPolicy::default();
-        let ttl = Outcome::Answer {
+        let ttl = Lookup::Answer {
             ttl: Duration::from_secs(10),
         };
         assert_eq!(p.delay_after(ttl, 0.0), Duration::from_secs(9));
@@ -578,11 +578,11 @@ mod tests {
     fn backoff_doubles_from_one_second_up_to_thirty() {
         let p = RefreshPolicy::default();
         let delays: Vec<u64> = (1..=8)
-            .map(|failures| p.base_delay(Outcome::Failed { failures }).as_secs())
+            .map(|failures| p.base_delay(Lookup::Failed { failures }).as_secs())
             .collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(
-            p.base_delay(Outcome::Failed { failures: u32::MAX }),
+            p.base_delay(Lookup::Failed { failures: u32::MAX }),
             Duration::from_secs(30)
         );
     }

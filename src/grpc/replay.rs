@@ -17,7 +17,7 @@
 //! ```
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -82,10 +82,7 @@ impl Replay {
     /// The RPC again, with the body it sent, if the body was recorded whole.
     pub(crate) fn again(&self) -> Option<http::Request<tonic::body::Body>> {
         let data = {
-            let recording = self
-                .recording
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let recording = crate::sync::lock(&self.recording);
             if !recording.complete || recording.spoiled {
                 return None;
             }
@@ -115,10 +112,7 @@ impl Body for Recorder {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(frame) = &polled {
-            let mut recording = this
-                .recording
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut recording = crate::sync::lock(&this.recording);
             match frame {
                 Some(Ok(frame)) => match frame.data_ref() {
                     Some(data) if recording.data.len() + data.len() <= MAX_RECORDED => {
@@ -147,14 +141,7 @@ impl Body for Recorder {
 
 /// True when the error says the pod refused the RPC's stream unprocessed.
 pub(crate) fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.is::<crate::http::RefusedUnprocessed>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    crate::error::chain(error).any(|e| e.is::<crate::http::RefusedUnprocessed>())
 }
 
 #[cfg(test)]

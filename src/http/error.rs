@@ -158,19 +158,10 @@ fn is_tls_handshake_error(_: &(dyn std::error::Error + 'static)) -> bool {
 /// Timeouts of the caller's own (a request timeout, a timeout layer) are not
 /// this: they say a request was slow, not that the pod is unreachable.
 pub(crate) fn is_peer_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
-            && hyper.is_timeout()
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    crate::error::chain(error).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+    })
 }

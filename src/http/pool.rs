@@ -12,11 +12,9 @@
 //! (checked in, or newly connected) is handed to the longest waiter and
 //! wakes only that one; it goes to the idle list only when nobody waits, so
 //! a newcomer cannot take it past the line. Waking every waiter instead
-//! made each check-in wake all of them to race for one connection: work
-//! that grows with the queue, and a tail for whoever kept losing (measured
-//! at 64 in flight on one pod with 16 connections: p99 19-22 ms against a
-//! plain client's 4-5 ms). A waiter that goes away passes its connection
-//! on. HTTP/2 connections are shared, so their waiters are all woken.
+//! would make each check-in wake all of them to race for one connection:
+//! work that grows with the queue, and a tail latency for whoever keeps
+//! losing. A waiter that goes away passes its connection on. HTTP/2 connections are shared, so their waiters are all woken.
 //!
 //! `live` counts connections being opened plus connections whose driver task
 //! is running; a driver decrements it when its connection ends. Driver and
@@ -137,8 +135,7 @@ impl<B, C> Pool<B, C> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State<B>> {
-        // Nothing panics while holding the lock; recover rather than cascade.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Connections open or being opened.

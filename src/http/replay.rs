@@ -34,7 +34,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Buf;
@@ -214,11 +214,7 @@ impl<B> KeptHead<B> {
 
     /// The request as the caller made it, if its body came back unread.
     pub(crate) fn restore(self) -> Option<http::Request<B>> {
-        let body = self
-            .slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
+        let body = crate::sync::lock(&self.slot).take()?;
         let mut request = http::Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
@@ -234,15 +230,11 @@ impl<B> KeptHead<B> {
 /// was above the GOAWAY's last stream id, or the server reset it with
 /// `REFUSED_STREAM`.
 pub(crate) fn refused_unprocessed(error: &hyper::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cur {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return (h2.is_go_away() && h2.is_remote())
-                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cur = e.source();
-    }
-    false
+    crate::error::chain(error)
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        })
 }
 
 // ===== impl GiveBack =====
@@ -279,7 +271,7 @@ impl<B> Drop for GiveBack<B> {
         if !self.polled
             && let Some(body) = self.body.take()
         {
-            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
+            *crate::sync::lock(&self.slot) = Some(body);
         }
     }
 }

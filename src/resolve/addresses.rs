@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
-use super::classify::{Outcome, classify};
+use super::classify::{Classified, classify};
 
 /// An address with the TTL of the record it came from.
 pub(super) type TtlAddr = (IpAddr, u32);
@@ -20,7 +20,7 @@ pub(super) type TtlAddr = (IpAddr, u32);
 pub(super) async fn lookup_addresses(
     resolver: &TokioResolver,
     name: Name,
-) -> Outcome<Vec<TtlAddr>> {
+) -> Classified<Vec<TtlAddr>> {
     let (a, aaaa) = futures::future::join(
         resolver.lookup(name.clone(), RecordType::A),
         resolver.lookup(name, RecordType::AAAA),
@@ -32,16 +32,16 @@ pub(super) async fn lookup_addresses(
         match result {
             Ok(lookup) => addresses.extend(answer_addresses(lookup.answers())),
             Err(error) => match classify::<Infallible>(error) {
-                Outcome::Empty(ttl) => negative_ttl = min_option(negative_ttl, ttl),
-                Outcome::Failed(failure) => return Outcome::Failed(failure),
-                Outcome::Found(never) => match never {},
+                Classified::Empty(ttl) => negative_ttl = min_option(negative_ttl, ttl),
+                Classified::Failed(failure) => return Classified::Failed(failure),
+                Classified::Found(never) => match never {},
             },
         }
     }
     if addresses.is_empty() {
-        Outcome::Empty(negative_ttl)
+        Classified::Empty(negative_ttl)
     } else {
-        Outcome::Found(addresses)
+        Classified::Found(addresses)
     }
 }
 

@@ -10,7 +10,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use crate::error::ResolveError;
 
 /// The result of asking about one candidate name.
-pub(super) enum Outcome<T> {
+pub(super) enum Classified<T> {
     /// The name has records of the asked type.
     Found(T),
     /// NXDOMAIN or NODATA, with the negative TTL when the server sent an SOA.
@@ -28,17 +28,17 @@ pub(super) enum Failure {
 }
 
 /// Sorts a hickory error into no-records or a transient failure; never `Found`.
-pub(super) fn classify<T>(error: NetError) -> Outcome<T> {
+pub(super) fn classify<T>(error: NetError) -> Classified<T> {
     match error {
         NetError::Dns(DnsError::NoRecordsFound(no_records)) => match no_records.response_code {
             ResponseCode::NoError | ResponseCode::NXDomain => {
-                Outcome::Empty(no_records.negative_ttl)
+                Classified::Empty(no_records.negative_ttl)
             }
-            code => Outcome::Failed(Failure::Server(code)),
+            code => Classified::Failed(Failure::Server(code)),
         },
-        NetError::Dns(DnsError::ResponseCode(code)) => Outcome::Failed(Failure::Server(code)),
-        NetError::Timeout => Outcome::Failed(Failure::Timeout),
-        other => Outcome::Failed(Failure::Other(other.to_string())),
+        NetError::Dns(DnsError::ResponseCode(code)) => Classified::Failed(Failure::Server(code)),
+        NetError::Timeout => Classified::Failed(Failure::Timeout),
+        other => Classified::Failed(Failure::Other(other.to_string())),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hickory_resolver::proto::rr::Name;
 
-use super::classify::Outcome;
+use super::classify::Classified;
 use crate::error::ResolveError;
 
 /// The search rules of one resolver.
@@ -71,15 +71,15 @@ pub(super) async fn first_found<T, F, Fut>(
 ) -> Result<T, ResolveError>
 where
     F: FnMut(Name) -> Fut,
-    Fut: Future<Output = Outcome<T>>,
+    Fut: Future<Output = Classified<T>>,
 {
     let mut failure = None;
     let mut negative_ttl = None;
     for candidate in candidates {
         match lookup(candidate.clone()).await {
-            Outcome::Found(found) => return Ok(found),
-            Outcome::Empty(ttl) => negative_ttl = ttl.or(negative_ttl),
-            Outcome::Failed(f) => {
+            Classified::Found(found) => return Ok(found),
+            Classified::Empty(ttl) => negative_ttl = ttl.or(negative_ttl),
+            Classified::Failed(f) => {
                 failure.get_or_insert(f);
             }
         }
@@ -148,9 +148,9 @@ mod tests {
         let result: Result<(), _> = first_found("web", &candidates, |_| {
             asked += 1;
             let outcome = if asked == 2 {
-                Outcome::Failed(super::super::classify::Failure::Timeout)
+                Classified::Failed(super::super::classify::Failure::Timeout)
             } else {
-                Outcome::Empty(Some(7))
+                Classified::Empty(Some(7))
             };
             std::future::ready(outcome)
         })
@@ -160,9 +160,9 @@ mod tests {
 
         let found = first_found("web", &candidates, |n| {
             std::future::ready(if n == name("web.svc.cluster.local.") {
-                Outcome::Found(n)
+                Classified::Found(n)
             } else {
-                Outcome::Empty(None)
+                Classified::Empty(None)
             })
         })
         .await;

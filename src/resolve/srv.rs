@@ -8,7 +8,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use super::addresses::{TtlAddr, lookup_addresses, record_ip};
-use super::classify::{Outcome, classify};
+use super::classify::{Classified, classify};
 use super::search::first_found;
 use super::vet::Vetter;
 use crate::error::ResolveError;
@@ -46,7 +46,7 @@ pub(super) async fn resolve_srv(
         .filter(|target| !addresses.contains_key(target))
         .take(vetter.max_endpoints())
         .collect();
-    let follow_ups: Vec<(Name, Outcome<Vec<TtlAddr>>)> = stream::iter(missing)
+    let follow_ups: Vec<(Name, Classified<Vec<TtlAddr>>)> = stream::iter(missing)
         .map(|target| async move {
             let outcome = lookup_addresses(resolver, target.clone()).await;
             (target, outcome)
@@ -56,13 +56,13 @@ pub(super) async fn resolve_srv(
         .await;
     for (target, outcome) in follow_ups {
         match outcome {
-            Outcome::Found(found) => {
+            Classified::Found(found) => {
                 addresses.insert(target, found);
             }
-            Outcome::Empty(_) => {
+            Classified::Empty(_) => {
                 tracing::debug!(name = host, srv.target = %target, "SRV target has no addresses");
             }
-            Outcome::Failed(failure) => return Err(failure.into_error(host)),
+            Classified::Failed(failure) => return Err(failure.into_error(host)),
         }
     }
 
@@ -84,7 +84,7 @@ pub(super) async fn resolve_srv(
 }
 
 /// SRV records of one absolute name, with any A/AAAA glue for their targets.
-async fn lookup_srv(resolver: &TokioResolver, name: Name) -> Outcome<SrvAnswer> {
+async fn lookup_srv(resolver: &TokioResolver, name: Name) -> Classified<SrvAnswer> {
     let lookup = match resolver.lookup(name, RecordType::SRV).await {
         Ok(lookup) => lookup,
         Err(error) => return classify(error),
@@ -101,14 +101,14 @@ async fn lookup_srv(resolver: &TokioResolver, name: Name) -> Outcome<SrvAnswer> 
         })
         .collect();
     if records.is_empty() {
-        return Outcome::Empty(None);
+        return Classified::Empty(None);
     }
     let glue = lookup
         .additionals()
         .iter()
         .filter_map(|record| Some((absolute(&record.name), record_ip(record)?, record.ttl)))
         .collect();
-    Outcome::Found(SrvAnswer { records, glue })
+    Classified::Found(SrvAnswer { records, glue })
 }
 
 /// The absolute, lowercase form of `name`, for comparing SRV targets with glue owners.
