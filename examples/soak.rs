@@ -1,16 +1,28 @@
 //! Soak test: the balanced client under load for a while, against a real
 //! in-process DNS server and pods on 127.0.77.x, while a seeded random
 //! schedule scales pods up and down, makes them slow, kills and restarts
-//! them, and takes DNS away. Checks invariants and prints a summary.
+//! them, terminates them gracefully while DNS still lists them (SIGTERM
+//! racing the endpoint update, as in Kubernetes), takes DNS away and, with
+//! `--black-holes`, drops a pod's packets for a few seconds. Checks
+//! invariants and prints a summary.
 //!
 //! ```text
-//! cargo run --example soak -- [--duration SECS] [--seed N] [--concurrency N]
+//! cargo run --example soak -- [--duration SECS] [--seed N] [--concurrency N] [--black-holes]
 //! ```
 //!
+//! `--black-holes` needs root, `unshare`, `ip` and `nft`: the soak runs
+//! itself again in a network namespace of its own (`unshare -n`, `lo` up),
+//! where an nftables table per black-holed pod drops its packets; nothing
+//! outside the namespace is touched.
+//!
 //! Invariants (exit status 1 if one fails, 2 for bad arguments):
-//! - every failed request names a pod that was killed, and started at most
-//!   `--kill-window-ms` [500] after that pod's kill (requests in flight on a
-//!   dying pod, or put on a pooled connection whose close was not yet seen);
+//! - every failed request is explained: it names a pod that was killed, and
+//!   started at most `--kill-window-ms` [500] after that pod's kill
+//!   (requests in flight on a dying pod, or put on a pooled connection whose
+//!   close was not yet seen); or a pod that was black-holed while it was in
+//!   flight (its own error, or the client's 2 s request timeout while a
+//!   black hole was on). A graceful termination explains nothing: it must
+//!   cost no request;
 //! - at the end (pods 1–4 listed again, as at the start) and after a drain,
 //!   the client lists exactly what DNS lists;
 //! - once the load stops and the client is dropped, the process's open file
@@ -63,15 +75,36 @@ struct Args {
     /// How long after a pod's kill its requests may still fail.
     #[arg(long, default_value_t = 500)]
     kill_window_ms: u64,
+    /// Also black-hole pods (drop their packets) for a few seconds at a
+    /// time; runs the soak in a network namespace of its own (needs root).
+    #[arg(long)]
+    black_holes: bool,
 }
+
+/// Set in the environment of the soak run inside its network namespace.
+const NETNS_MARKER: &str = "HEADLESS_LB_SOAK_NETNS";
+/// How long a request in flight on a black-holed pod may take to fail: the
+/// documented bound of the clients' defaults.
+const BLACK_HOLE_BOUND: Duration = Duration::from_secs(15);
+/// The grace period of a graceful termination.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// The world the schedule changes: every pod slot and what DNS lists.
 struct World {
-    pods: BTreeMap<u8, Pod>,
+    pods: BTreeMap<u8, Arc<Pod>>,
     port: u16,
     listed: BTreeSet<u8>,
     /// When each address was last killed.
     kills: BTreeMap<SocketAddr, Vec<Instant>>,
+    /// Black holes: when each began and ended (or will end).
+    black_holes: BTreeMap<SocketAddr, Vec<(Instant, Instant)>>,
+    /// Slots black-holed now, and until when.
+    holed: BTreeMap<u8, Instant>,
+    /// Whether black holes are on the schedule (`--black-holes`).
+    with_black_holes: bool,
+    /// Slots whose graceful termination may still be draining: not started
+    /// again until it is over.
+    draining: BTreeMap<u8, tokio::task::JoinHandle<bool>>,
     events: BTreeMap<&'static str, u64>,
 }
 
@@ -93,6 +126,15 @@ async fn main() -> ExitCode {
         return common::usage_error("--duration and --concurrency must be at least 1");
     }
     common::init_logging();
+    if args.black_holes && std::env::var_os(NETNS_MARKER).is_none() {
+        return in_namespace();
+    }
+    if args.black_holes
+        && let Err(e) = sh("ip link set lo up").await
+    {
+        eprintln!("error: cannot bring lo up in the soak's namespace: {e}");
+        return ExitCode::from(1);
+    }
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -111,10 +153,14 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let dns = DnsServer::start().await?;
     dns.set_negative_ttl(1);
     let mut world = World {
-        pods: (1..=4).zip(pods).collect(),
+        pods: (1..=4).zip(pods.into_iter().map(Arc::new)).collect(),
         port,
         listed: (1..=4).collect(),
         kills: BTreeMap::new(),
+        black_holes: BTreeMap::new(),
+        holed: BTreeMap::new(),
+        with_black_holes: args.black_holes,
+        draining: BTreeMap::new(),
         events: BTreeMap::new(),
     };
     publish(&dns, &world);
@@ -172,6 +218,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             dns_down_until = None;
             *world.events.entry("dns restored").or_default() += 1;
         }
+        lift_black_holes(&mut world, false).await?;
         step(&mut rng, &dns, &mut world, &mut dns_down_until).await?;
         eprintln!(
             "[{:>5.1}s] requests {} failed {} listed {:?}",
@@ -186,12 +233,16 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     // DNS back, pods 1–4 listed, running and fast; the others are removed
     // from DNS, drained, and only then stopped (as Kubernetes does).
     dns.set_fault(Fault::None);
+    lift_black_holes(&mut world, true).await?;
+    for (_, draining) in std::mem::take(&mut world.draining) {
+        let _ = draining.await;
+    }
     for slot in 1..=4 {
         if let Some(pod) = world.pods.get(&slot) {
             pod.restart().await?;
         } else {
             let pod = Pod::start(SocketAddr::new(ip(slot), world.port)).await?;
-            world.pods.insert(slot, pod);
+            world.pods.insert(slot, Arc::new(pod));
         }
         world.pods[&slot].set_delay(Duration::ZERO);
     }
@@ -244,16 +295,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let failed = failed.lock().await;
     let unexplained: Vec<&Failed> = failed
         .iter()
-        .filter(|f| {
-            let Some(endpoint) = f.endpoint else {
-                return true;
-            };
-            !world.kills.get(&endpoint).is_some_and(|kills| {
-                kills
-                    .iter()
-                    .any(|k| f.started <= *k + window && *k <= f.started + Duration::from_secs(3))
-            })
-        })
+        .filter(|f| !explained(f, &world, window))
         .collect();
     let mut ok = true;
     let total = requests.load(Ordering::Relaxed);
@@ -265,6 +307,9 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         unexplained.len()
     );
     println!("events: {:?}", world.events);
+    let graceful = world.events.get("graceful").copied().unwrap_or(0);
+    let holes = world.events.get("black hole").copied().unwrap_or(0);
+    println!("{graceful} graceful terminations (must cost no request), {holes} black holes");
     for f in unexplained.iter().take(10) {
         println!(
             "  unexplained failure at +{:.3}s on {:?}: {}",
@@ -306,29 +351,41 @@ async fn step(
     world: &mut World,
     dns_down_until: &mut Option<Instant>,
 ) -> std::io::Result<()> {
+    // Running and reachable: a black-holed pod is neither killed nor
+    // terminated while its packets are dropped.
     let running: Vec<u8> = world
         .listed
         .iter()
         .copied()
-        .filter(|s| world.pods.get(s).is_some_and(Pod::is_running))
+        .filter(|s| {
+            world.pods.get(s).is_some_and(|p| p.is_running()) && !world.holed.contains_key(s)
+        })
         .collect();
     let event = match rng.u8(0..100) {
-        0..20 => "scale up",
-        20..35 => "scale down",
-        35..50 => "slow",
-        50..65 => "kill",
-        65..80 => "restart",
-        80..90 => "dns outage",
+        0..18 => "scale up",
+        18..30 => "scale down",
+        30..42 => "slow",
+        42..54 => "kill",
+        54..66 => "restart",
+        66..74 => "graceful",
+        74..82 if world.with_black_holes => "black hole",
+        74..82 => "heal",
+        82..90 => "dns outage",
         _ => "heal",
     };
     match event {
         "scale up" if world.listed.len() < usize::from(MAX_PODS) => {
-            let slot = (1..=MAX_PODS).find(|s| !world.listed.contains(s)).unwrap();
+            world.draining.retain(|_, drain| !drain.is_finished());
+            let Some(slot) = (1..=MAX_PODS)
+                .find(|s| !world.listed.contains(s) && !world.draining.contains_key(s))
+            else {
+                return Ok(());
+            };
             if let Some(pod) = world.pods.get(&slot) {
                 pod.restart().await?;
             } else {
                 let pod = Pod::start(SocketAddr::new(ip(slot), world.port)).await?;
-                world.pods.insert(slot, pod);
+                world.pods.insert(slot, Arc::new(pod));
             }
             world.listed.insert(slot);
             publish(dns, world);
@@ -365,6 +422,38 @@ async fn step(
             world.kills.entry(addr).or_default().push(Instant::now());
             world.pods[&slot].kill().await;
         }
+        // Kubernetes: the endpoint update and the kubelet's SIGTERM race. The
+        // pod stops accepting, closes its connections gracefully (GOAWAY,
+        // `Connection: close`) and finishes what is in flight, while the
+        // client may still pick it until DNS tells it otherwise.
+        "graceful" if running.len() > MIN_PODS => {
+            let slot = *rng.choice(running.iter()).unwrap();
+            world.listed.remove(&slot);
+            publish(dns, world);
+            let pod = world.pods[&slot].clone();
+            world
+                .draining
+                .insert(slot, tokio::spawn(async move { pod.shutdown(GRACE).await }));
+        }
+        "black hole" if running.len() > MIN_PODS => {
+            let slot = *rng.choice(running.iter()).unwrap();
+            let now = Instant::now();
+            let until = now + Duration::from_millis(rng.u64(2000..6000));
+            sh(&format!(
+                "nft add table inet soak{slot} && \
+                 nft add chain inet soak{slot} out '{{ type filter hook output priority 0; }}' && \
+                 nft add rule inet soak{slot} out ip daddr {ip} drop && \
+                 nft add rule inet soak{slot} out ip saddr {ip} drop",
+                ip = ip(slot)
+            ))
+            .await?;
+            world.holed.insert(slot, until);
+            world
+                .black_holes
+                .entry(SocketAddr::new(ip(slot), world.port))
+                .or_default()
+                .push((now, until));
+        }
         "restart" => {
             for slot in world.listed.clone() {
                 if let Some(pod) = world.pods.get(&slot)
@@ -391,6 +480,94 @@ async fn step(
     }
     *world.events.entry(event).or_default() += 1;
     Ok(())
+}
+
+/// Lifts the black holes whose time is up (all of them with `all`).
+async fn lift_black_holes(world: &mut World, all: bool) -> std::io::Result<()> {
+    let now = Instant::now();
+    let due: Vec<u8> = world
+        .holed
+        .iter()
+        .filter(|(_, until)| all || **until <= now)
+        .map(|(slot, _)| *slot)
+        .collect();
+    for slot in due {
+        sh(&format!("nft delete table inet soak{slot}")).await?;
+        world.holed.remove(&slot);
+        let addr = SocketAddr::new(ip(slot), world.port);
+        if let Some(last) = world.black_holes.get_mut(&addr).and_then(|h| h.last_mut()) {
+            last.1 = last.1.min(now);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a failed request is explained by a fault the schedule injected.
+fn explained(f: &Failed, world: &World, kill_window: Duration) -> bool {
+    let black_holed = |holes: &Vec<(Instant, Instant)>| {
+        holes
+            .iter()
+            .any(|(from, to)| f.started <= *to && *from <= f.started + BLACK_HOLE_BOUND)
+    };
+    match f.endpoint {
+        Some(endpoint) => {
+            world.kills.get(&endpoint).is_some_and(|kills| {
+                kills.iter().any(|k| {
+                    f.started <= *k + kill_window && *k <= f.started + Duration::from_secs(3)
+                })
+            }) || world.black_holes.get(&endpoint).is_some_and(black_holed)
+        }
+        // The client's own request timeout names no pod: explained only
+        // while some pod was black-holed.
+        None => f.message.contains("timed out") && world.black_holes.values().any(black_holed),
+    }
+}
+
+/// Runs `script` with `sh -c`; an error names it and what it printed.
+async fn sh(script: &str) -> std::io::Result<()> {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "`{script}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs this soak again, with the same arguments, in a network namespace of
+/// its own, and exits as it does.
+fn in_namespace() -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find the soak's own binary: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let status = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(NETNS_MARKER, "1")
+        .status();
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("soak in its network namespace: {status}");
+            ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("error: --black-holes needs `unshare -n` (root, util-linux): {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn publish(dns: &DnsServer, world: &World) {
