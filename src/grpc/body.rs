@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use super::status;
 use crate::balance::{Completion, GuardedBody, PendingGuard};
-use crate::http::ServedBy;
+use crate::http::guard_response;
 
 /// The body of a response from a [`Channel`](super::Channel): the message
 /// stream of one RPC.
@@ -32,7 +32,7 @@ pub struct ResponseBody(GuardedBody<Incoming>);
 /// The [`Completion`] that moves an RPC's pending guard into its
 /// [`ResponseBody`], after counting a failure when the response head already
 /// says `UNAVAILABLE` (a trailers-only response, or HTTP 502/503/504), and
-/// records the pod that served the RPC as a [`ServedBy`] response extension
+/// records the pod that served the RPC as a [`ServedBy`](crate::http::ServedBy) response extension
 /// (tonic's generated clients pass it on in `tonic::Response::extensions()`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompleteOnStreamEnd;
@@ -73,12 +73,7 @@ impl http_body::Body for ResponseBody {
 impl Completion<http::Response<Incoming>> for CompleteOnStreamEnd {
     type Output = http::Response<ResponseBody>;
 
-    fn complete(
-        &self,
-        mut response: http::Response<Incoming>,
-        guard: PendingGuard,
-    ) -> Self::Output {
-        response.extensions_mut().insert(ServedBy(guard.endpoint()));
+    fn complete(&self, response: http::Response<Incoming>, guard: PendingGuard) -> Self::Output {
         // tonic maps these HTTP statuses to UNAVAILABLE (a proxy or a server
         // that is shutting down); a trailers-only response carries the gRPC
         // status in its headers.
@@ -88,13 +83,9 @@ impl Completion<http::Response<Incoming>> for CompleteOnStreamEnd {
                 | http::StatusCode::SERVICE_UNAVAILABLE
                 | http::StatusCode::GATEWAY_TIMEOUT
         ) || is_unavailable(response.headers());
-        if unavailable {
-            guard.record_failure();
-        }
         // An unavailable answer is counted already: the stream that follows
         // is not load.
-        let guard = (!unavailable).then_some(guard);
-        response.map(|inner| ResponseBody(GuardedBody::new(inner, guard)))
+        guard_response(response, guard, unavailable, !unavailable).map(ResponseBody)
     }
 }
 

@@ -83,16 +83,27 @@ impl http_body::Body for Body {
 impl Completion<http::Response<Incoming>> for CompleteOnBodyEnd {
     type Output = http::Response<Body>;
 
-    fn complete(
-        &self,
-        mut response: http::Response<Incoming>,
-        guard: PendingGuard,
-    ) -> Self::Output {
-        response.extensions_mut().insert(ServedBy(guard.endpoint()));
-        // A 5xx is returned to the caller as it is, and counted in the stats.
-        if response.status().is_server_error() {
-            guard.record_failure();
-        }
-        response.map(|inner| Body(GuardedBody::new(inner, Some(guard))))
+    /// A 5xx is returned to the caller as it is, and counted in the stats.
+    fn complete(&self, response: http::Response<Incoming>, guard: PendingGuard) -> Self::Output {
+        let failed = response.status().is_server_error();
+        guard_response(response, guard, failed, true).map(Body)
     }
+}
+
+/// The shared half of the clients' completions: records the pod that
+/// served `response` ([`ServedBy`]), counts a `failed` answer in its stats,
+/// and moves the pending guard into the body when the body is still load
+/// (`held`), else releases it now.
+pub(crate) fn guard_response(
+    mut response: http::Response<Incoming>,
+    guard: PendingGuard,
+    failed: bool,
+    held: bool,
+) -> http::Response<GuardedBody<Incoming>> {
+    response.extensions_mut().insert(ServedBy(guard.endpoint()));
+    if failed {
+        guard.record_failure();
+    }
+    let guard = held.then_some(guard);
+    response.map(|inner| GuardedBody::new(inner, guard))
 }

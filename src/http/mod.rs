@@ -30,6 +30,7 @@ mod rewrite;
 mod socket;
 mod tls;
 
+pub(crate) use self::body::guard_response;
 pub use self::body::{Body, CompleteOnBodyEnd, ServedBy};
 pub use self::client::{
     Client, ClientBuilder, HttpService, ResponseFuture as ClientResponseFuture,
