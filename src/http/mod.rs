@@ -30,6 +30,7 @@ mod rewrite;
 mod socket;
 mod tls;
 
+#[cfg(feature = "tonic")]
 pub(crate) use self::body::guard_response;
 pub use self::body::{Body, CompleteOnBodyEnd, ServedBy};
 pub use self::client::{
