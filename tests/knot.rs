@@ -10,8 +10,7 @@
 //! developer without Knot is not blocked.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::process::Stdio;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use headless_lb::{Discovery, Target};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod examples_support;
-use examples_support::{example, finish, json_line, spawn};
+use examples_support::{EchoServer, finish, free_port_on, json_line, spawn};
 
 const NAME: &str = "web.default.svc.cluster.local";
 const SRV_NAME: &str = "_http._tcp.web.default.svc.cluster.local";
@@ -31,7 +30,7 @@ const TTL_SECS: u32 = 1;
 const CHANGE_DEADLINE: Duration = Duration::from_secs(3);
 
 mod knot_support;
-use knot_support::{Knot, READY_DEADLINE, binaries};
+use knot_support::{Knot, binaries};
 
 // ===== helpers =====
 
@@ -263,58 +262,6 @@ async fn keeps_the_set_while_knot_is_stopped_and_resumes_on_continue() {
 }
 
 // ===== the examples end to end: echo_server pods, loadgen, Knot =====
-
-/// An `echo_server` process; killed on drop.
-struct EchoServer {
-    child: tokio::process::Child,
-}
-
-impl EchoServer {
-    /// Starts `echo_server --listen addr [extra…]` and waits until it accepts connections.
-    async fn start(addr: SocketAddr, extra: &[&str]) -> EchoServer {
-        let mut child = tokio::process::Command::new(example("echo_server"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn echo_server");
-        let until = Instant::now() + READY_DEADLINE;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Some(status) = child.try_wait().expect("try_wait echo_server") {
-                panic!("echo_server on {addr} exited: {status}");
-            }
-            assert!(
-                Instant::now() < until,
-                "echo_server on {addr} not accepting"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        EchoServer { child }
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.expect("kill echo_server");
-    }
-}
-
-/// A port free for TCP on every one of `ips` right now.
-fn free_port_on(ips: &[IpAddr]) -> u16 {
-    loop {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind a free port");
-        let port = first.local_addr().expect("local addr").port();
-        if ips[1..]
-            .iter()
-            .all(|ip| TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
 
 fn served(report: &serde_json::Value, addr: SocketAddr) -> u64 {
     report["per_endpoint"][addr.to_string()]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod examples_support;
-use examples_support::{example, spawn};
+use examples_support::{EchoServer, free_port_on, spawn};
 
 mod knot_support;
 use knot_support::{Knot, binaries};
@@ -30,20 +30,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 215, last))
-}
-
-/// A port free for TCP on every one of `ips` right now.
-fn free_port_on(ips: &[IpAddr]) -> u16 {
-    loop {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind a free port");
-        let port = first.local_addr().expect("local addr").port();
-        if ips[1..]
-            .iter()
-            .all(|ip| TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
 }
 
 /// The `prometheus` binary, or `None` (after saying why) when a developer's
@@ -206,39 +192,6 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// An `echo_server` process; killed on drop.
-struct EchoServer {
-    _child: tokio::process::Child,
-}
-
-impl EchoServer {
-    async fn start(addr: SocketAddr, extra: &[&str]) -> EchoServer {
-        let mut child = tokio::process::Command::new(example("echo_server"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn echo_server");
-        let until = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Some(status) = child.try_wait().expect("try_wait echo_server") {
-                panic!("echo_server on {addr} exited: {status}");
-            }
-            assert!(
-                Instant::now() < until,
-                "echo_server on {addr} not accepting"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        EchoServer { _child: child }
-    }
 }
 
 /// What a dashboard shows, from a real Prometheus: the per-pod request rate

@@ -13,12 +13,11 @@ use headless_lb::EndpointStats;
 use headless_lb::http::{Client, Protocol};
 use headless_lb::testing::wait_for;
 use http_body_util::BodyExt;
-use tokio::process::Child;
 use tokio::task::JoinSet;
 
 mod examples_support;
 mod knot_support;
-use examples_support::spawn;
+use examples_support::{EchoServer, free_port_on};
 use knot_support::{Knot, binaries};
 
 const NAME: &str = "web.default.svc.cluster.local";
@@ -38,57 +37,13 @@ enum Kind {
     Grpc,
 }
 
-/// One `echo_server` process serving `addr`.
-struct PodProcess {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl PodProcess {
-    async fn start(addr: SocketAddr, kind: Kind) -> PodProcess {
-        let protocol = match kind {
-            Kind::Http(_) => "http",
-            Kind::Grpc => "grpc",
-        };
-        let child = spawn(
-            "echo_server",
-            &[
-                "--listen".to_owned(),
-                addr.to_string(),
-                "--protocol".to_owned(),
-                protocol.to_owned(),
-                "--grace-ms".to_owned(),
-                "5000".to_owned(),
-            ],
-        );
-        wait_for(
-            Duration::from_secs(10),
-            &format!("{addr} listening"),
-            || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok(),
-        )
-        .await;
-        PodProcess { addr, child }
-    }
-
-    /// SIGTERM, as the kubelet sends it.
-    fn terminate(&self) {
-        let pid = self.child.id().expect("the pod is running");
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
-    }
-
-    /// Waits for the graceful exit; it must be status 0.
-    async fn exited(mut self) {
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} did not exit within 10 s of SIGTERM", self.addr))
-            .expect("wait for echo_server");
-        assert!(status.success(), "{} exited with {status}", self.addr);
-    }
+/// An `echo_server` process serving `addr` with `kind`, graceful for 5 s.
+async fn start_pod(addr: SocketAddr, kind: Kind) -> EchoServer {
+    let protocol = match kind {
+        Kind::Http(_) => "http",
+        Kind::Grpc => "grpc",
+    };
+    EchoServer::start(addr, &["--protocol", protocol, "--grace-ms", "5000"]).await
 }
 
 /// The client under test, HTTP or gRPC.
@@ -146,26 +101,12 @@ fn ip(net: u8, last: u8) -> IpAddr {
     IpAddr::from([127, 0, net, last])
 }
 
-fn free_port(ips: &[IpAddr]) -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind((ips[0], 0)).expect("bind a free port");
-        let port = first.local_addr().expect("local addr").port();
-        drop(first);
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
-
 async fn rolling_restart(test: &str, net: u8, kind: Kind, ttl: u32) {
     let Some(bins) = binaries(test) else { return };
     let old: Vec<IpAddr> = (1..=4).map(|i| ip(net, i)).collect();
     let new: Vec<IpAddr> = (11..=14).map(|i| ip(net, i)).collect();
     let all: Vec<IpAddr> = old.iter().chain(&new).copied().collect();
-    let port = free_port(&all);
+    let port = free_port_on(&all);
     let records: String = old
         .iter()
         .map(|ip| format!("{NAME}. {ttl} A {ip}\n"))
@@ -174,7 +115,7 @@ async fn rolling_restart(test: &str, net: u8, kind: Kind, ttl: u32) {
 
     let mut pods = Vec::new();
     for ip in &old {
-        pods.push(PodProcess::start(SocketAddr::new(*ip, port), kind).await);
+        pods.push(start_pod(SocketAddr::new(*ip, port), kind).await);
     }
     let target = format!("{NAME}:{port}");
     let caller = match kind {
@@ -218,7 +159,7 @@ async fn rolling_restart(test: &str, net: u8, kind: Kind, ttl: u32) {
 
     let mut replacements = Vec::new();
     for (i, pod) in pods.into_iter().enumerate() {
-        let replacement = PodProcess::start(SocketAddr::new(new[i], port), kind).await;
+        let replacement = start_pod(SocketAddr::new(new[i], port), kind).await;
         // The endpoint controller's update and the kubelet's SIGTERM race;
         // here they land together.
         knot.update(&[
@@ -227,7 +168,7 @@ async fn rolling_restart(test: &str, net: u8, kind: Kind, ttl: u32) {
         ])
         .await;
         pod.terminate();
-        let served = replacement.addr;
+        let served = replacement.addr();
         wait_for(STEP_DEADLINE, &format!("{served} takes requests"), || {
             caller
                 .stats()

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 /// Fresh ports to try when `knotd` cannot bind the one picked.
 const START_ATTEMPTS: usize = 5;
 /// How long a started `knotd` may take to answer for its zone.
-pub const READY_DEADLINE: Duration = Duration::from_secs(10);
+const READY_DEADLINE: Duration = Duration::from_secs(10);
 
 // ===== finding the binaries =====
 
