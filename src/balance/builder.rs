@@ -378,7 +378,11 @@ fn default_max_connected() -> usize {
 /// `None` when absent or "unlimited".
 fn soft_open_files(limits: &str) -> Option<usize> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -391,7 +395,10 @@ mod tests {
                       Max processes             95464                95464                processes\n\
                       Max open files            1024                 524288               files\n";
         assert_eq!(soft_open_files(limits), Some(1024));
-        assert_eq!(soft_open_files("Max open files  unlimited  unlimited  files"), None);
+        assert_eq!(
+            soft_open_files("Max open files  unlimited  unlimited  files"),
+            None
+        );
         assert_eq!(soft_open_files("nothing here"), None);
     }
 }

@@ -15,24 +15,35 @@
 //!   is binomial: at 1 000 clients × 1 000 pods × 20 the busiest pod has
 //!   about 1.7 × the mean.
 //! - **By ordinal** ([`ClientIdentity::Ordinal`]: this client is number `i`
-//!   of `n`, e.g. a StatefulSet's ordinal and replica count). The same
-//!   scores with bounded loads (V. Mirrokni, M. Thorup, M. Zadimoghaddam,
-//!   "Consistent Hashing with Bounded Loads", SODA 2018): clients `0..n`
-//!   take their pods in turn, each its highest-scored pods that have fewer
-//!   than `cap = ⌈1.1 × n × size / pods⌉` clients so far (at least one more
-//!   than the mean). Every client computes the same table, so no pod has
-//!   more than `cap` clients, and a pod joining or leaving moves few
-//!   members (most pods stay under their cap, so a change rarely cascades).
-//!   Computing it costs `O(i × pods)` score evaluations per change of the
-//!   pod set (about 10⁶ at 1 000 × 1 000).
+//!   of `n`, e.g. a StatefulSet's ordinal and replica count). A Maglev table
+//!   (D. Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load
+//!   Balancer", NSDI 2016, section 3.4) with one entry per slot, `n × size`
+//!   rounded up to a prime `m`: pods take turns claiming the next free entry
+//!   of their own permutation of the table, so every pod holds ⌊m/pods⌋ or
+//!   ⌈m/pods⌉ entries, and client `i` takes the pods of entries `i`,
+//!   `i + n`, `i + 2n`, … Every client computes the same table, so the
+//!   number of clients per pod is within one of the mean (a pod twice in a
+//!   row is used once: the row is one shorter). A pod joining or leaving
+//!   moves the entries it gains or loses and, through the turn order, a
+//!   few more. The cost is one table per change of the pod set (`m` entries,
+//!   a few milliseconds at 20 000); past 4 Mi entries the rule falls back to
+//!   rendezvous on the ordinal.
+//!
+//! Bounded-load rendezvous (V. Mirrokni, M. Thorup, M. Zadimoghaddam,
+//! "Consistent Hashing with Bounded Loads", SODA 2018) balanced as well but
+//! moved about three times as many members per scale event and cost
+//! `O(n × pods)` per change; `BENCHMARKS.md` has the simulation
+//! (`examples/simulate.rs`) that measured the three.
 //!
 //! The hash is fixed (FNV-1a over the identity, then a SplitMix64 finaliser
 //! mixed with the pod's address bytes), so clients built from different
-//! versions of Rust agree on every subset. `BENCHMARKS.md` has the
-//! simulation (`examples/simulate.rs`) that measured the rules.
+//! versions of Rust agree on every subset.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 /// How a client identifies itself for [`Subset`].
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -41,8 +52,8 @@ pub enum ClientIdentity {
     /// rendezvous hashing, independent of the other clients.
     Name(String),
     /// This client is number `index` of `count` clients that share the
-    /// service: coordinated subsets, every pod within 10 % of the mean
-    /// number of clients. Build with [`ClientIdentity::ordinal`].
+    /// service: coordinated subsets, every pod within one client of the
+    /// mean. Build with [`ClientIdentity::ordinal`].
     Ordinal {
         /// This client's number, `0..count`.
         index: u32,
@@ -80,10 +91,6 @@ pub struct Subset {
     size: usize,
     identity: ClientIdentity,
 }
-
-/// How far above the mean a pod's number of clients may go under
-/// [`ClientIdentity::Ordinal`]: a tenth.
-const ORDINAL_SLACK: f64 = 1.1;
 
 // ===== impl ClientIdentity =====
 
@@ -162,35 +169,20 @@ impl Subset {
         let keys: Vec<u64> = pods.iter().map(pod_key).collect();
         let chosen = match &self.identity {
             ClientIdentity::Name(name) => top_by_score(name_key(name), &keys, self.size),
+            ClientIdentity::Ordinal { index, count }
+                if (*count as usize).saturating_mul(self.size) > MAX_TABLE =>
+            {
+                // A table this large would cost more memory and time than
+                // the subset saves: choose by rendezvous on the ordinal.
+                top_by_score(name_key(&format!("ordinal-{index}")), &keys, self.size)
+            }
             ClientIdentity::Ordinal { index, count } => {
-                let mut table = Ordinal::new(&keys, *count, self.size);
-                for client in 0..*index {
-                    table.assign(client);
-                }
-                table.assign(*index)
+                Maglev::shared(&keys, *count, self.size).row(*index)
             }
         };
         let mut members: Vec<_> = chosen.into_iter().map(|i| pods[i]).collect();
         members.sort_unstable();
         members
-    }
-
-    /// Every client's members of `pods` under the ordinal rule, as indices
-    /// into `pods` sorted and deduplicated: the whole table that
-    /// [`members`](Self::members) computes part of. For the simulation and
-    /// for checking a deployment's spread; the identity is ignored.
-    #[doc(hidden)]
-    pub fn ordinal_table(size: usize, clients: u32, pods: &[SocketAddr]) -> Vec<Vec<usize>> {
-        let size = size.max(1);
-        let mut pods = pods.to_vec();
-        pods.sort_unstable();
-        pods.dedup();
-        if pods.len() <= size {
-            return (0..clients).map(|_| (0..pods.len()).collect()).collect();
-        }
-        let keys: Vec<u64> = pods.iter().map(pod_key).collect();
-        let mut table = Ordinal::new(&keys, clients, size);
-        (0..clients).map(|c| table.assign(c)).collect()
     }
 }
 
@@ -203,78 +195,117 @@ impl fmt::Debug for Subset {
     }
 }
 
-/// The bounded-load table of the ordinal rule, filled client by client.
-struct Ordinal<'a> {
-    keys: &'a [u64],
+/// The ordinal rule's table: one entry per (client, member) slot, filled
+/// by Maglev's rule, so that every pod holds ⌊m/N⌋ or ⌈m/N⌉ entries.
+struct Maglev {
+    /// Pod index per entry.
+    entry: Vec<usize>,
+    /// How many pods the table was built over.
+    pods: usize,
+    clients: usize,
     size: usize,
-    cap: u32,
-    loads: Vec<u32>,
-    scored: Vec<(u64, usize)>,
 }
 
-impl<'a> Ordinal<'a> {
-    fn new(keys: &'a [u64], clients: u32, size: usize) -> Self {
-        let mean = f64::from(clients) * size as f64 / keys.len() as f64;
-        // At least one above the mean: with a cap at the mean itself every
-        // pod fills up and a change cascades through every later client.
-        let cap = ((mean * ORDINAL_SLACK).ceil() as u32).max(mean.floor() as u32 + 1);
+/// The last table built in this process, by a digest of what built it:
+/// clients of one service in one process (tests, simulations, one client
+/// per tenant) then build each table once rather than once each.
+static LAST_TABLE: Mutex<Option<(u64, Arc<Maglev>)>> = Mutex::new(None);
+
+impl Maglev {
+    fn shared(keys: &[u64], clients: u32, size: usize) -> Arc<Self> {
+        let digest = keys.iter().fold(
+            splitmix64(u64::from(clients) ^ splitmix64(size as u64)),
+            |d, &k| splitmix64(d ^ k),
+        );
+        if let Some((d, table)) = &*lock(&LAST_TABLE) {
+            if *d == digest && table.pods == keys.len() {
+                return table.clone();
+            }
+        }
+        let table = Arc::new(Self::new(keys, clients, size));
+        *lock(&LAST_TABLE) = Some((digest, table.clone()));
+        table
+    }
+
+    /// Fills a table of `m` entries (the first prime ≥ clients × size):
+    /// pods take turns (in an order of their own hash, not their address),
+    /// each taking the next free entry of its own permutation of the table
+    /// (`offset + j × skip mod m`), until every entry is taken.
+    fn new(keys: &[u64], clients: u32, size: usize) -> Self {
+        let clients = clients as usize;
+        let m = next_prime(clients.saturating_mul(size).max(2));
+        let m64 = m as u64;
+        const FREE: usize = usize::MAX;
+        let mut entry = vec![FREE; m];
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| (splitmix64(keys[i] ^ TURN), i));
+        let perm: Vec<(u64, u64)> = keys
+            .iter()
+            .map(|&k| {
+                let offset = splitmix64(k ^ OFFSET) % m64;
+                let skip = splitmix64(k ^ SKIP) % (m64 - 1) + 1;
+                (offset, skip)
+            })
+            .collect();
+        let mut next = vec![0u64; keys.len()];
+        let mut filled = 0;
+        // m is prime and 0 < skip < m, so a pod's permutation visits every
+        // entry: each turn ends, and the table fills.
+        'fill: loop {
+            for &p in &order {
+                let (offset, skip) = perm[p];
+                loop {
+                    let c = ((offset + next[p] % m64 * skip) % m64) as usize;
+                    next[p] += 1;
+                    if entry[c] == FREE {
+                        entry[c] = p;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
         Self {
-            keys,
+            entry,
+            pods: keys.len(),
+            clients,
             size,
-            cap,
-            loads: vec![0; keys.len()],
-            scored: Vec::with_capacity(keys.len()),
         }
     }
 
-    /// Client `client`'s pods (indices): its highest-scored pods under the cap.
-    fn assign(&mut self, client: u32) -> Vec<usize> {
-        let seed = ordinal_key(client);
-        self.scored.clear();
-        self.scored.extend(
-            self.keys
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| (score(seed, k), i)),
-        );
-        let mut chosen = Vec::with_capacity(self.size);
-        // Rank lazily: the top few usually suffice, the whole list only when
-        // most of the top pods are full.
-        let mut ranked = 0;
-        let mut window = (self.size * 2).min(self.scored.len());
-        while chosen.len() < self.size && ranked < self.scored.len() {
-            let rest = &mut self.scored[ranked..];
-            let take = window.min(rest.len());
-            if take < rest.len() {
-                rest.select_nth_unstable_by(take - 1, |a, b| b.cmp(a));
-            }
-            rest[..take].sort_unstable_by(|a, b| b.cmp(a));
-            for &(_, i) in &rest[..take] {
-                if chosen.len() < self.size && self.loads[i] < self.cap {
-                    chosen.push(i);
-                }
-            }
-            ranked += take;
-            window *= 2;
-        }
-        // Every pod full (possible only with rounding at tiny sizes): take the
-        // highest-scored regardless, so that the subset is never short.
-        if chosen.len() < self.size {
-            self.scored.sort_unstable_by(|a, b| b.cmp(a));
-            for &(_, i) in &self.scored {
-                if chosen.len() == self.size {
-                    break;
-                }
-                if !chosen.contains(&i) {
-                    chosen.push(i);
-                }
+    /// Client `index`'s pods: the distinct pods of entries `index`,
+    /// `index + clients`, …, `size` entries in all. A pod twice in the row
+    /// counts once (the row is then shorter) rather than taking an entry of
+    /// another client's, which would give that pod one client too many.
+    fn row(&self, index: u32) -> Vec<usize> {
+        let mut row = Vec::with_capacity(self.size);
+        for j in 0..self.size {
+            let pod = self.entry[(index as usize + j * self.clients) % self.entry.len()];
+            if !row.contains(&pod) {
+                row.push(pod);
             }
         }
-        for &i in &chosen {
-            self.loads[i] += 1;
-        }
-        chosen
+        row
     }
+}
+
+/// The most entries an ordinal table may have (32 MiB of indices); past it
+/// the ordinal rule falls back to rendezvous hashing.
+const MAX_TABLE: usize = 1 << 22;
+
+const TURN: u64 = 0x7475_726e;
+const OFFSET: u64 = 0x6f66_6673;
+const SKIP: u64 = 0x736b_6970;
+
+fn next_prime(mut n: usize) -> usize {
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    while !is_prime(n) {
+        n += 1;
+    }
+    n
 }
 
 /// The `size` highest-scored of `keys` for a client (indices).
@@ -298,11 +329,6 @@ fn score(client: u64, pod: u64) -> u64 {
 
 fn name_key(name: &str) -> u64 {
     splitmix64(fnv1a(name.as_bytes()))
-}
-
-fn ordinal_key(index: u32) -> u64 {
-    // A different stream than names, so that "0" and ordinal 0 differ.
-    splitmix64(fnv1a(&index.to_be_bytes()) ^ 0x6f72_6469_6e61_6c00)
 }
 
 fn pod_key(addr: &SocketAddr) -> u64 {
@@ -378,28 +404,49 @@ mod tests {
         assert!(ClientIdentity::ordinal(4, 5).is_ok());
     }
 
-    #[test]
-    fn ordinal_members_are_rows_of_the_table() {
-        let p = pods(300);
-        let table = Subset::ordinal_table(7, 40, &p);
-        for index in [0, 1, 17, 39] {
-            let s = Subset::new(7).identity(ClientIdentity::ordinal(index, 40).unwrap());
-            let mut row: Vec<_> = table[index as usize].iter().map(|&i| p[i]).collect();
-            row.sort_unstable();
-            assert_eq!(s.members(&p), row);
+    fn ordinal_counts(clients: u32, size: usize, p: &[SocketAddr]) -> Vec<u32> {
+        let mut counts = vec![0u32; p.len()];
+        for c in 0..clients {
+            let members = Subset::new(size)
+                .identity(ClientIdentity::ordinal(c, clients).unwrap())
+                .members(p);
+            assert!(
+                members.len() <= size && members.len() >= size - 2,
+                "{members:?}"
+            );
+            for m in members {
+                counts[p.binary_search(&m).unwrap()] += 1;
+            }
         }
+        counts
     }
 
     #[test]
-    fn ordinal_loads_stay_under_the_cap() {
+    fn ordinal_subsets_give_every_pod_its_share_of_table_entries() {
+        // 200 × 10 = 2 000 slots; the table has 2 003 (prime) entries over
+        // 400 pods: 5 or 6 each.
+        let p = pods(400);
+        let counts = ordinal_counts(200, 10, &p);
+        let max = *counts.iter().max().unwrap();
+        assert!(max <= 6, "max {max}");
+        let mean = f64::from(counts.iter().sum::<u32>()) / 400.0;
+        assert!(mean > 4.8, "mean {mean}");
+    }
+
+    #[test]
+    fn ordinal_subsets_with_fewer_slots_than_pods_never_share_a_pod() {
+        let p = pods(500);
+        let counts = ordinal_counts(20, 10, &p);
+        assert!(counts.iter().all(|&c| c <= 1));
+        assert!(counts.iter().sum::<u32>() >= 190);
+    }
+
+    #[test]
+    fn huge_ordinal_tables_fall_back_to_rendezvous() {
         let p = pods(1000);
-        let table = Subset::ordinal_table(20, 1000, &p);
-        assert!(table.iter().all(|row| row.len() == 20));
-        let loads = loads(&table, p.len());
-        let max = *loads.iter().max().unwrap();
-        // mean 20, cap ⌈22⌉.
-        assert!(max <= 22, "max {max}");
-        assert!(loads.iter().all(|&l| l > 0));
+        let s = Subset::new(500).identity(ClientIdentity::ordinal(3, 100_000).unwrap());
+        let named = Subset::new(500).identity(ClientIdentity::Name("ordinal-3".into()));
+        assert_eq!(s.members(&p), named.members(&p));
     }
 
     #[test]

@@ -30,9 +30,9 @@ use tokio::sync::Semaphore;
 
 use super::backoff;
 use super::builder::Config;
-use super::subset::{ClientIdentity, Subset};
 use super::endpoint::{Endpoint, EndpointState};
 use super::snapshot::{Shared, Snapshot};
+use super::subset::{ClientIdentity, Subset};
 use crate::log::{WarnGate, warn_or_debug};
 
 /// What one step of an endpoint's connection driver ended with.
@@ -113,7 +113,9 @@ pub(crate) async fn run<D, Req, S>(
     let budget_subset = Subset::new(config.max_connected.max(1)).identity(ClientIdentity::Name(
         format!("budget-{:016x}", fastrand::u64(..)),
     ));
-    let connects = Arc::new(Semaphore::new(config.connect_concurrency.max(1)));
+    let connects = Arc::new(Semaphore::new(
+        config.connect_concurrency.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut task = Task::<Req, S> {
         shared,
         config,
@@ -249,7 +251,8 @@ where
             .collect();
         for addr in leaving {
             tracing::debug!(endpoint = %addr, "endpoint left this client's subset");
-            if let (Some(slot), Some(entry)) = (self.listed.get_mut(&addr), self.endpoints.get(&addr))
+            if let (Some(slot), Some(entry)) =
+                (self.listed.get_mut(&addr), self.endpoints.get(&addr))
             {
                 *slot = Some(entry.endpoint.service.clone());
             }
