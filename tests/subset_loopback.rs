@@ -1,5 +1,5 @@
 //! Subsetting on real sockets: 500 `testing::Pod`s on 127.0.200.x and 127.0.201.x behind the
-//! test DNS server (a 500-record answer, over TCP), 20 HTTP clients in one process, each with
+//! test DNS server (a 500-record answer, over TCP), 20 HTTP/2 clients in one process, each with
 //! `subset_size(10)` and its ordinal. Every client connects to exactly the pods the subset rule
 //! (the code `examples/simulate.rs` runs) predicts, one connection each, no pod has two clients
 //! (the ordinal rule's cap at a mean of 0.4), and a scale-down of 50 pods — DNS updated while
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use headless_lb::balance::{ClientIdentity, EndpointState, Subset};
-use headless_lb::http::Client;
+use headless_lb::http::{Client, Protocol};
 use headless_lb::testing::{DnsServer, Pod, wait_for};
 use http_body_util::BodyExt;
 
@@ -90,6 +90,9 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
         .map(|i| {
             Client::builder()
                 .nameserver(dns.addr())
+                // One connection per pod and client, so that the pods' own
+                // connection counts are the number of clients that use them.
+                .protocol(Protocol::Http2)
                 .subset_size(SUBSET)
                 .subset_identity(ClientIdentity::ordinal(i, CLIENTS).unwrap())
                 .build(&format!("{SERVICE}:{port}"))
@@ -111,25 +114,24 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
     assert!(predicted_per_pod.values().all(|&n| n == 1));
 
     // Each client connects to exactly its members.
-    wait_for(Duration::from_secs(20), || {
-        clients
-            .iter()
-            .zip(&predicted)
-            .all(|(c, p)| ready_members_of(c) == *p)
-    })
-    .await
-    .unwrap_or_else(|_| {
-        let (i, c) = clients
-            .iter()
-            .enumerate()
-            .find(|(i, c)| ready_members_of(c) != predicted[*i])
-            .unwrap();
-        panic!(
-            "client {i} uses {:?}, predicted {:?}",
-            members_of(c),
-            predicted[i]
-        )
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "every client connected to exactly its predicted subset",
+        || {
+            clients
+                .iter()
+                .zip(&predicted)
+                .all(|(c, p)| ready_members_of(c) == *p)
+        },
+    )
+    .await;
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(
+            ready_members_of(c),
+            predicted[i],
+            "client {i}'s connected pods"
+        );
+    }
 
     // Every member serves: requests until each has answered (P2C's probes
     // reach a member that lost its first comparisons within a second).
@@ -154,7 +156,7 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
         }
     }
     // Connections counted at the pods match the prediction exactly (margin
-    // 0: one client at a time sends, so each opens one connection per member);
+    // 0: an h2 client holds one connection per pod);
     // pods outside every subset were never connected to.
     for pod in &pods {
         let expected = predicted_per_pod.get(&pod.addr()).copied().unwrap_or(0);
@@ -206,11 +208,10 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
         });
     }
     let before = sent.load(Ordering::Relaxed);
-    wait_for(Duration::from_secs(10), || {
+    wait_for(Duration::from_secs(10), "200 more requests", || {
         sent.load(Ordering::Relaxed) > before + 200
     })
-    .await
-    .unwrap();
+    .await;
 
     let remaining_ips: Vec<IpAddr> = remaining.iter().map(SocketAddr::ip).collect();
     dns.set_ips(SERVICE, &remaining_ips, TTL);
@@ -227,20 +228,22 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
     let predicted_after: Vec<Vec<SocketAddr>> = (0..CLIENTS)
         .map(|i| subset(i).members(&remaining))
         .collect();
-    wait_for(Duration::from_secs(20), || {
-        clients
-            .iter()
-            .zip(&predicted_after)
-            .all(|(c, p)| members_of(c) == *p)
-    })
-    .await
-    .expect("every client uses the subset of the remaining pods");
+    wait_for(
+        Duration::from_secs(20),
+        "every client using the subset of the remaining pods",
+        || {
+            clients
+                .iter()
+                .zip(&predicted_after)
+                .all(|(c, p)| members_of(c) == *p)
+        },
+    )
+    .await;
     let at_move = sent.load(Ordering::Relaxed);
-    wait_for(Duration::from_secs(10), || {
+    wait_for(Duration::from_secs(10), "200 more requests", || {
         sent.load(Ordering::Relaxed) > at_move + 200
     })
-    .await
-    .unwrap();
+    .await;
     stop.store(true, Ordering::Relaxed);
 
     let mut failures = Vec::new();
