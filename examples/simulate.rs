@@ -58,6 +58,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+mod common;
 use futures::channel::mpsc;
 use headless_lb::balance::{Balancer, ClientIdentity, EndpointState};
 use tokio::time::Instant;
@@ -167,14 +169,19 @@ struct Outcome {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.clients == 0 || args.pods == 0 || args.subset == 0 {
-        eprintln!("simulate: --clients, --pods and --subset must be at least 1");
-        return ExitCode::from(2);
+    let args: Args = common::parse_args();
+    if args.clients == 0 || args.pods == 0 || args.subset == 0 || args.requests == 0 {
+        return common::usage_error(
+            "--clients, --pods, --subset and --requests must be at least 1",
+        );
     }
-    if !(args.duration_s > 0.0 && args.duration_s.is_finite()) {
-        eprintln!("simulate: --duration-s must be a positive number of seconds");
-        return ExitCode::from(2);
+    if !(args.duration_s > 0.0 && args.duration_s.is_finite() && args.duration_s <= 86_400.0) {
+        return common::usage_error("--duration-s must be a number of seconds in (0, 86400]");
+    }
+    if args.pods.saturating_add(args.events) > 1 << 24 || args.requests > 100_000_000 {
+        return common::usage_error(
+            "at most 16 777 216 pods (with the added ones) and 100 000 000 requests",
+        );
     }
     let modes = match args.subset_mode {
         Some(mode) => vec![mode],

@@ -436,3 +436,110 @@ async fn bad_rate_and_variance_flags_exit_2_with_one_line() {
         assert_usage_error(name, args, &out);
     }
 }
+
+/// The last line of a run that exited 0, as JSON (`simulate` prints its table first).
+fn last_json_line(name: &str, out: &Output) -> serde_json::Value {
+    assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+    let last = out.stdout.lines().last().expect("a line on stdout");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{name}: {e}: {last:?}"))
+}
+
+#[tokio::test]
+async fn simulate_compares_the_subset_rules_and_plots_them() {
+    let dir = std::env::temp_dir().join(format!("hlb-simulate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("load.svg");
+    let svg_arg = svg.to_str().unwrap();
+    let common = [
+        "--clients",
+        "60",
+        "--pods",
+        "120",
+        "--subset",
+        "10",
+        "--requests",
+        "6000",
+        "--duration-s",
+        "5",
+        "--events",
+        "4",
+        "--seed",
+        "7",
+        "--quiet",
+    ];
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend(["--svg", svg_arg]);
+    let out = run("simulate", &args).await;
+    let ours = last_json_line("simulate", &out);
+    assert_eq!(ours["mode"], "ours", "{ours}");
+    for key in [
+        "conn_per_pod_max_over_mean",
+        "req_per_pod_max_over_mean",
+        "subset_moves_per_event",
+        "p99_ms",
+    ] {
+        assert!(
+            ours[key].as_f64().is_some_and(|v| v >= 0.0),
+            "{key}: {ours}"
+        );
+    }
+    // The table has a row per mode.
+    for mode in ["none", "random", "rendezvous", "ours"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {mode} |"))),
+            "{mode} row: {}",
+            out.stdout
+        );
+    }
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.starts_with("<svg") && plot.contains("rendezvous"),
+        "{plot:.200}"
+    );
+
+    // 60 × 10 slots over 120 pods: a Maglev table of 601 entries, at most 6
+    // per pod for a mean just under 5.
+    let conn = ours["conn_per_pod_max_over_mean"].as_f64().unwrap();
+    assert!(conn <= 6.0 / 4.8, "{ours}");
+    let mode = |m: &'static str| {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend(["--subset-mode", m]);
+        args
+    };
+    let rendezvous = last_json_line("simulate", &run("simulate", &mode("rendezvous")).await);
+    let random = last_json_line("simulate", &run("simulate", &mode("random")).await);
+    assert!(
+        rendezvous["conn_per_pod_max_over_mean"].as_f64().unwrap() > conn,
+        "{rendezvous} vs {ours}"
+    );
+    // The naive subset redraws everything: about 10 moves per event.
+    let naive_moves = random["subset_moves_per_event"].as_f64().unwrap();
+    assert!(naive_moves > 5.0, "{random}");
+    assert!(
+        ours["subset_moves_per_event"].as_f64().unwrap() < naive_moves / 5.0,
+        "{ours}"
+    );
+    // Same seed, same figures.
+    let again = last_json_line("simulate", &run("simulate", &mode("ours")).await);
+    assert_eq!(again, ours);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn simulate_rejects_bad_arguments_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &["--clients", "0"],
+        &["--pods", "0"],
+        &["--subset", "0"],
+        &["--duration-s", "0"],
+        &["--duration-s", "nan"],
+        &["--subset-mode", "bogus"],
+        &["--pods", "20000000"],
+    ];
+    for args in cases {
+        let out = run("simulate", args).await;
+        assert_usage_error("simulate", args, &out);
+    }
+}
