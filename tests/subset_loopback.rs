@@ -150,7 +150,7 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
                 .filter(|a| by_addr[*a].requests() == 0)
                 .collect::<Vec<_>>()
         );
-        let rounds: Vec<_> = clients.iter().map(|c| get(c)).collect();
+        let rounds: Vec<_> = clients.iter().map(get).collect();
         for result in futures::future::join_all(rounds).await {
             result.unwrap();
         }

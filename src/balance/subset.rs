@@ -217,10 +217,11 @@ impl Maglev {
             splitmix64(u64::from(clients) ^ splitmix64(size as u64)),
             |d, &k| splitmix64(d ^ k),
         );
-        if let Some((d, table)) = &*lock(&LAST_TABLE) {
-            if *d == digest && table.pods == keys.len() {
-                return table.clone();
-            }
+        if let Some((d, table)) = &*lock(&LAST_TABLE)
+            && *d == digest
+            && table.pods == keys.len()
+        {
+            return table.clone();
         }
         let table = Arc::new(Self::new(keys, clients, size));
         *lock(&LAST_TABLE) = Some((digest, table.clone()));
@@ -301,7 +302,7 @@ const OFFSET: u64 = 0x6f66_6673;
 const SKIP: u64 = 0x736b_6970;
 
 fn next_prime(mut n: usize) -> usize {
-    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
     while !is_prime(n) {
         n += 1;
     }
@@ -371,16 +372,6 @@ mod tests {
         (0..n)
             .map(|i| SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 8080)))
             .collect()
-    }
-
-    fn loads(table: &[Vec<usize>], pods: usize) -> Vec<u32> {
-        let mut loads = vec![0; pods];
-        for row in table {
-            for &i in row {
-                loads[i] += 1;
-            }
-        }
-        loads
     }
 
     #[test]
