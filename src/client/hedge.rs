@@ -339,6 +339,7 @@ impl Hedging {
     }
 
     /// True when the gRPC method at `path` is hedged by default.
+    #[cfg(any(feature = "tonic", test))]
     pub(crate) fn hedges_grpc_method(&self, path: &str) -> bool {
         self.grpc_methods.iter().any(|m| {
             if m.ends_with('/') {
@@ -548,7 +549,7 @@ pub(crate) fn copy_body<B: http_body::Body + 'static>(body: &B) -> Option<B> {
         return cast(full.clone());
     }
     if let Some(empty) = any.downcast_ref::<Empty<Bytes>>() {
-        return cast(empty.clone());
+        return cast(*empty);
     }
     if let Some(string) = any.downcast_ref::<String>() {
         return cast(string.clone());

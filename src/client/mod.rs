@@ -35,4 +35,6 @@ pub use self::hedge::{
     DEFAULT_HEDGE_BUDGET, DEFAULT_HEDGE_BURST, DEFAULT_HEDGE_MIN_DELAY, DEFAULT_HEDGE_PERCENTILE,
     HedgePolicy, HedgePolicyError, HedgeStats, Idempotent, MAX_HEDGE_BODY,
 };
-pub(crate) use self::hedge::{Hedging, copy_body, race, send as send_hedged};
+#[cfg(feature = "tonic")]
+pub(crate) use self::hedge::{Hedging, race};
+pub(crate) use self::hedge::{copy_body, send as send_hedged};
