@@ -711,3 +711,104 @@ mod grpc {
         );
     }
 }
+
+// ===== a measurement, not a check =====
+
+/// Latency over four pods that each stall (hang) for 80 ms at random times
+/// about once a second, as a GC pause does, without hedging and with a
+/// fixed and an automatic delay; closed loop, 16 in flight, 5 s each. One
+/// hedge per request: a request whose hedge lands on a pod that stalls in
+/// turn, or that the budget refuses, still waits out a stall.
+/// Prints the figures: `cargo test --all-features --test hedging -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints latency percentiles with and without hedging"]
+async fn measure_stalling_pods_with_and_without_hedging() {
+    let _quiet = QUIET.lock().await;
+    let ips: Vec<IpAddr> = (1..=4)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 241, i)))
+        .collect();
+    let pods = std::sync::Arc::new(Pod::start_all(&ips).await.unwrap());
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(SERVICE, &ips, 1);
+    let port = pods[0].addr().port();
+    let stalls = {
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            let mut set = JoinSet::new();
+            for i in 0..pods.len() {
+                let pods = pods.clone();
+                set.spawn(async move {
+                    loop {
+                        // Exponential gaps, mean 1 s: stalls at random times.
+                        let gap = -fastrand::f64().max(1e-9).ln();
+                        tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+                        pods[i].set_hang(true);
+                        tokio::time::sleep(Duration::from_millis(80)).await;
+                        pods[i].set_hang(false);
+                    }
+                });
+            }
+            set.join_all().await
+        })
+    };
+    let policies = [
+        ("no hedging", None),
+        (
+            "after 10 ms",
+            Some(HedgePolicy::after(Duration::from_millis(10))),
+        ),
+        ("auto (p95)", Some(HedgePolicy::auto())),
+        ("auto, burst 50", Some(HedgePolicy::auto().burst(50))),
+    ];
+    for (name, policy) in policies {
+        let mut builder = Client::builder()
+            .nameserver(dns.addr())
+            .protocol(Protocol::Http2);
+        if let Some(policy) = policy {
+            builder = builder.hedge(policy);
+        }
+        let client: Client = builder.build(&format!("{SERVICE}:{port}")).unwrap();
+        wait_for(Duration::from_secs(5), "pods ready", || {
+            client.stats().endpoints.len() == 4
+        })
+        .await;
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut workers = JoinSet::new();
+        for _ in 0..16 {
+            let client = client.clone();
+            workers.spawn(async move {
+                let mut took = Vec::new();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let response = client.get("/").await.expect("a request failed");
+                    response.into_body().collect().await.unwrap();
+                    took.push(started.elapsed());
+                }
+                took
+            });
+        }
+        let mut took: Vec<Duration> = workers.join_all().await.concat();
+        took.sort_unstable();
+        let at = |p: f64| took[((p * took.len() as f64).ceil() as usize).clamp(1, took.len()) - 1];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let hedging = client.stats().hedging.unwrap_or_default();
+        let stalled = took
+            .iter()
+            .filter(|d| **d > Duration::from_millis(40))
+            .count();
+        eprintln!(
+            "{name:>14}: {} requests, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, \
+             {stalled} over 40 ms; hedges {} ({:.1} %), won {}, refused by the budget {}",
+            took.len(),
+            ms(at(0.5)),
+            ms(at(0.99)),
+            ms(at(0.999)),
+            ms(*took.last().unwrap()),
+            hedging.sent,
+            100.0 * hedging.sent as f64 / took.len() as f64,
+            hedging.won,
+            hedging.refused,
+        );
+    }
+    stalls.abort();
+}

@@ -266,6 +266,11 @@ impl HedgePolicy {
 
     /// How many tokens the budget holds at most, and holds when the client
     /// starts: the most hedges in a burst \[10, at least 1\].
+    ///
+    /// A pod that stalls holds every request in flight on it, and each
+    /// needs a hedge at about the same moment: a burst below the requests
+    /// in flight on one pod leaves the rest to wait out the stall. The
+    /// long-run share stays `budget` whatever the burst.
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = burst.max(1);
         self
