@@ -5,12 +5,23 @@
 //!
 //! ```text
 //! cargo run --example echo_server -- --listen 127.0.0.11:8080 [--delay-ms N] [--protocol http|grpc] [--grace-ms N]
+//!     [--pause-every-ms N --pause-ms M] [--capacity N]
 //! cargo run --features tonic --example echo_server -- --listen 127.0.0.11:50051 --protocol grpc
 //! cargo run --features tls --example echo_server -- --listen 127.0.0.11:8443 --tls-cert cert.pem --tls-key key.pem
 //! ```
 //!
 //! With `--tls-cert` and `--tls-key` (PEM; build with `--features tls`) it
 //! serves over TLS: HTTP/1.1 and h2 (ALPN offers both), or gRPC.
+//!
+//! Variance, as real pods show it (both protocols; `testing::Pod::set_pauses`
+//! and `set_capacity`):
+//!
+//! - `--pause-every-ms N --pause-ms M`: GC-like stop-the-world pauses of
+//!   `M` ms starting at random times, `N` ms apart on average (a Poisson
+//!   process). Every request, arriving or in flight, is held until the pause
+//!   ends; the `--delay-ms` of one in flight stops meanwhile.
+//! - `--capacity N`: at most `N` requests served (in their `--delay-ms`) at
+//!   once; the rest queue, first come first served, as on a CPU-starved pod.
 //!
 //! Serves until SIGTERM or SIGINT, then shuts down as a well-behaved pod
 //! does: stops accepting (new connections are refused), sends HTTP/2 GOAWAY
@@ -54,6 +65,73 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Stop-the-world pauses start at random times this many milliseconds
+    /// apart on average (a Poisson process; needs --pause-ms).
+    #[arg(long, value_name = "N", requires = "pause_ms",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pause_every_ms: Option<u64>,
+    /// Each pause lasts this many milliseconds: every request, arriving or
+    /// in flight, is held until it ends (needs --pause-every-ms).
+    #[arg(long, value_name = "N", requires = "pause_every_ms",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pause_ms: Option<u64>,
+    /// Serve at most N requests at once; the rest queue (a CPU-starved pod).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    capacity: Option<u64>,
+}
+
+/// How the pod's answers vary: the same knobs for both protocols.
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    delay: Duration,
+    /// The mean interval between pause starts, and each pause's length.
+    pauses: Option<(Duration, Duration)>,
+    capacity: Option<usize>,
+}
+
+impl Knobs {
+    fn new(args: &Args) -> Knobs {
+        Knobs {
+            delay: Duration::from_millis(args.delay_ms),
+            // clap makes the two flags come together.
+            pauses: args
+                .pause_every_ms
+                .zip(args.pause_ms)
+                .map(|(every, pause)| (Duration::from_millis(every), Duration::from_millis(pause))),
+            capacity: args
+                .capacity
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// For the "listening" line: the delay always (as before), the rest when set.
+    fn describe(&self) -> String {
+        let mut text = format!("delay {} ms", self.delay.as_millis());
+        if let Some((every, pause)) = self.pauses {
+            text += &format!(
+                ", pauses of {} ms every {} ms on average",
+                pause.as_millis(),
+                every.as_millis()
+            );
+        }
+        if let Some(capacity) = self.capacity {
+            text += &format!(", capacity {capacity}");
+        }
+        text
+    }
+}
+
+/// Applies `Knobs` to a `Pod` or a `GrpcPod` (the same methods, no common trait).
+macro_rules! apply_knobs {
+    ($pod:expr, $knobs:expr) => {{
+        let knobs: Knobs = $knobs;
+        $pod.set_delay(knobs.delay);
+        if let Some((every, pause)) = knobs.pauses {
+            $pod.set_pauses(every, pause);
+        }
+        $pod.set_capacity(knobs.capacity);
+    }};
 }
 
 // Only the server half is used here.
@@ -119,11 +197,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let delay = Duration::from_millis(args.delay_ms);
+    let knobs = Knobs::new(&args);
     let grace = Duration::from_millis(args.grace_ms);
     match args.protocol {
-        Protocol::Http => serve_http(args.listen, delay, grace, tls).await,
-        Protocol::Grpc => serve_grpc(args.listen, delay, grace, tls).await,
+        Protocol::Http => serve_http(args.listen, knobs, grace, tls).await,
+        Protocol::Grpc => serve_grpc(args.listen, knobs, grace, tls).await,
     }
 }
 
@@ -211,7 +289,7 @@ async fn drain<F: std::future::Future<Output = bool>>(
     }
 }
 
-async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration, tls: Tls) -> ExitCode {
+async fn serve_http(listen: SocketAddr, knobs: Knobs, grace: Duration, tls: Tls) -> ExitCode {
     let over = if tls.is_some() {
         "HTTP/1.1 and h2 over TLS"
     } else {
@@ -231,12 +309,12 @@ async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration, tls: T
             return ExitCode::FAILURE;
         }
     };
-    pod.set_delay(delay);
+    apply_knobs!(pod, knobs);
     let mut signals = Signals::register();
     eprintln!(
-        "echo_server listening on {} ({over}, delay {} ms)",
+        "echo_server listening on {} ({over}, {})",
         pod.addr(),
-        delay.as_millis()
+        knobs.describe()
     );
     let signal = signals.next().await;
     eprintln!(
@@ -246,15 +324,16 @@ async fn serve_http(listen: SocketAddr, delay: Duration, grace: Duration, tls: T
     );
     drain(&mut signals, pod.addr(), grace, pod.shutdown(grace)).await;
     eprintln!(
-        "echo_server on {}: served {} requests",
+        "echo_server on {}: served {} requests, paused {} times",
         pod.addr(),
-        pod.requests()
+        pod.requests(),
+        pod.pauses()
     );
     ExitCode::SUCCESS
 }
 
 #[cfg(feature = "tonic")]
-async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration, tls: Tls) -> ExitCode {
+async fn serve_grpc(listen: SocketAddr, knobs: Knobs, grace: Duration, tls: Tls) -> ExitCode {
     use headless_lb::testing::GrpcPod;
     let over = if tls.is_some() { "TLS" } else { "h2c" };
     let started = match tls {
@@ -271,12 +350,12 @@ async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration, tls: T
             return ExitCode::FAILURE;
         }
     };
-    pod.set_delay(delay);
+    apply_knobs!(pod, knobs);
     let mut signals = Signals::register();
     eprintln!(
-        "echo_server listening on {} (gRPC grpc.health.v1, {over}, SERVING, delay {} ms)",
+        "echo_server listening on {} (gRPC grpc.health.v1, {over}, SERVING, {})",
         pod.addr(),
-        delay.as_millis()
+        knobs.describe()
     );
     let signal = signals.next().await;
     eprintln!(
@@ -286,20 +365,16 @@ async fn serve_grpc(listen: SocketAddr, delay: Duration, grace: Duration, tls: T
     );
     drain(&mut signals, pod.addr(), grace, pod.shutdown(grace)).await;
     eprintln!(
-        "echo_server on {}: served {} RPCs",
+        "echo_server on {}: served {} RPCs, paused {} times",
         pod.addr(),
-        pod.requests()
+        pod.requests(),
+        pod.pauses()
     );
     ExitCode::SUCCESS
 }
 
 #[cfg(not(feature = "tonic"))]
-async fn serve_grpc(
-    _listen: SocketAddr,
-    _delay: Duration,
-    _grace: Duration,
-    _tls: Tls,
-) -> ExitCode {
+async fn serve_grpc(_listen: SocketAddr, _knobs: Knobs, _grace: Duration, _tls: Tls) -> ExitCode {
     eprintln!("error: --protocol grpc needs the example built with --features tonic");
     ExitCode::from(2)
 }

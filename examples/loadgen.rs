@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example loadgen -- TARGET [--nameserver IP:PORT] [--protocol http|grpc]
 //!     [--mode p2c|round-robin|random|direct] [--concurrency N]
-//!     [--duration SECS | --requests N] [--path P] [--timeout-ms N] [--http2]
+//!     [--duration SECS | --requests N] [--rate N] [--path P] [--timeout-ms N] [--http2]
 //!     [--tls-ca PEM [--tls-server-name NAME]] [--metrics-listen IP:PORT] [--quiet]
 //! ```
 //!
@@ -14,10 +14,31 @@
 //!  "p999_ms":F,"max_ms":F,"per_endpoint":{"ADDR":N,...}}
 //! ```
 //!
-//! - `requests`: requests finished, failed ones included; `errors`: those
-//!   that did not end in 2xx (timeouts and connection errors included).
+//! and with `--rate`, two more keys at the end: `,"rate":F,"overload":N`.
+//!
+//! - `requests`: requests finished, failed ones included (and with `--rate`,
+//!   overloaded ones); `errors`: those that did not end in 2xx (timeouts,
+//!   connection errors and overloaded ones included).
 //! - Latency percentiles are over every finished request, failed ones included,
-//!   measured from the send until the whole response body has arrived.
+//!   measured until the whole response body has arrived, from the send (closed
+//!   loop) or from the request's intended start (`--rate`); computed with an
+//!   HdrHistogram to 3 significant digits.
+//!
+//! Two kinds of load:
+//!
+//! - Closed loop (without `--rate`): `--concurrency` workers, each sending its
+//!   next request as soon as the previous one has finished. When a pod stalls,
+//!   the workers stall with it and stop sending, so the stall shows in a few
+//!   requests only (coordinated omission).
+//! - Open loop (`--rate N`): request `i` is due at `start + i/N` seconds,
+//!   whatever the answers' pace (as wrk2 runs), and its latency counts from
+//!   that due time, so time spent waiting behind a stall counts. At most
+//!   `--concurrency` are in flight: a request due while that many are is not
+//!   sent and counts in `errors` and in `overload`; raise `--concurrency` to
+//!   above the rate times the worst latency to avoid it. The run sends
+//!   `--requests` requests, or those due within `--duration`
+//!   (rate × duration), then waits for the last ones to finish. `rate` in the
+//!   line is the rate asked for; `rps` is `requests` over the run's duration.
 //! - `per_endpoint`: responses (any status) per pod, keyed by the response
 //!   body when it is an address (the echo pods answer with their own), else
 //!   by the address the mode sent to (`"unknown"` for `p2c`).
@@ -59,8 +80,8 @@
 //! that percentage of the requests \[10\].
 //!
 //! Progress goes to stderr once a second unless `--quiet`: the requests and
-//! errors so far and, over the last second, the rate, errors, p99 and each
-//! pod's share:
+//! errors so far (and the overloaded ones, if any) and, over the last second,
+//! the rate, errors, p99 and each pod's share:
 //!
 //! ```text
 //! loadgen: 3s 12000 requests, 0 errors, 4000 rps; last 1s: 4012 rps, 0 errors, p99 2.1 ms, 127.0.0.11:8080 33% 127.0.0.12:8080 33% 127.0.0.13:8080 34%
@@ -81,6 +102,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
 use headless_lb::http::{Client, HttpEndpoint, HttpEndpointBuilder, Protocol};
 use headless_lb::resolve::HickoryResolver;
 use headless_lb::{Discovery, Endpoint, Target};
@@ -89,6 +111,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
 /// How long to wait for the first DNS answer before giving up.
@@ -111,7 +135,7 @@ struct Args {
     /// How to pick a pod.
     #[arg(long, value_enum, default_value_t = Mode::P2c)]
     mode: Mode,
-    /// Requests in flight at once.
+    /// Requests in flight at once (with --rate: at most).
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
@@ -121,6 +145,11 @@ struct Args {
     /// Send this many requests, then stop.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
+    /// Open loop: start N requests a second on a fixed schedule, whatever
+    /// the answers' pace; latency counts from each request's intended start,
+    /// and one due while --concurrency are in flight is an `overload` error.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    rate: Option<f64>,
     /// Path (and query) of every request.
     #[arg(long, value_name = "P", default_value = "/", value_parser = parse_path)]
     path: PathAndQuery,
@@ -186,6 +215,16 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1e7) {
+        return Err(format!(
+            "{s:?} is not a rate of requests a second (above 0, at most 1e7)"
+        ));
+    }
+    Ok(rate)
+}
+
 fn parse_path(s: &str) -> Result<PathAndQuery, String> {
     if !s.starts_with('/') {
         return Err(format!("{s:?} does not start with '/'"));
@@ -242,6 +281,14 @@ struct Report {
     p999_ms: f64,
     max_ms: f64,
     per_endpoint: BTreeMap<String, u64>,
+    /// Open loop only: the `--rate` asked for (absent in a closed loop, so
+    /// that its line keeps exactly the keys it always had).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
+    /// Open loop only: requests not sent because `--concurrency` were in
+    /// flight when they were due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overload: Option<u64>,
 }
 
 type ReqBody = Full<Bytes>;
@@ -596,68 +643,110 @@ fn failed(e: &dyn std::fmt::Display) -> Outcome {
     }
 }
 
-/// What every worker adds up.
-#[derive(Default)]
+/// Latencies in nanoseconds, to 3 significant digits (at most 0.1 %
+/// off), growing to whatever the largest value needs.
+type Latencies = Histogram<u64>;
+
+fn histogram() -> Latencies {
+    Histogram::new(3).expect("3 significant digits is a valid precision")
+}
+
+/// Tallies at most this many: requests record into `tallies[i % len]`, so
+/// that a lock is rarely contended while memory stays bounded whatever
+/// `--concurrency` is (a histogram takes up to a few hundred KiB).
+const MAX_TALLIES: u64 = 16;
+
+/// What the requests add up to, in one of a few shards.
 struct Tally {
-    latencies: Vec<Duration>,
+    /// Every finished request, failed ones included.
+    latencies: Latencies,
+    /// The same since the last progress line, which takes and resets it.
+    window: Latencies,
+    /// Finished requests that failed, and (open loop) overloaded ones.
     errors: u64,
+    /// Open loop: requests due while `--concurrency` were in flight, never
+    /// sent (counted in `errors` too).
+    overload: u64,
     per_endpoint: HashMap<String, u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            latencies: histogram(),
+            window: histogram(),
+            errors: 0,
+            overload: 0,
+            per_endpoint: HashMap::new(),
+        }
+    }
+}
+
+impl Tally {
+    /// Counts one finished request (`None`: it timed out).
+    fn record(&mut self, latency: Duration, outcome: Option<Outcome>) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        for histogram in [&mut self.latencies, &mut self.window] {
+            // `record` grows the histogram to fit; only a value beyond any
+            // size it can take (centuries) is clamped to its top instead.
+            if histogram.record(nanos).is_err() {
+                histogram.saturating_record(nanos);
+            }
+        }
+        let ok = match outcome {
+            Some(outcome) => {
+                if let Some(endpoint) = outcome.endpoint {
+                    *self.per_endpoint.entry(endpoint).or_default() += 1;
+                }
+                outcome.ok
+            }
+            None => false,
+        };
+        if !ok {
+            self.errors += 1;
+        }
+    }
+
+    /// Counts one request that found `--concurrency` in flight.
+    fn overloaded(&mut self) {
+        self.overload += 1;
+        self.errors += 1;
+    }
+
+    /// Requests accounted for: finished ones and overloaded ones.
+    fn requests(&self) -> u64 {
+        self.latencies.len() + self.overload
+    }
 }
 
 async fn run(args: &Args, sender: Arc<Sender>) -> Report {
     let timeout = Duration::from_millis(args.timeout_ms);
+    let start = Instant::now();
     let budget = match (args.requests, args.duration) {
         (Some(n), _) => Budget::Count(n),
-        (None, Some(d)) => Budget::Until(Instant::now() + d),
-        (None, None) => Budget::Until(Instant::now() + Duration::from_secs(10)),
+        (None, Some(d)) => Budget::Until(start + d),
+        (None, None) => Budget::Until(start + Duration::from_secs(10)),
     };
-    let issued = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    // One tally per worker: its lock is the worker's own but for the
-    // progress task's look once a second.
-    let tallies: Vec<Arc<Mutex<Tally>>> = (0..args.concurrency).map(|_| Arc::default()).collect();
+    let tallies: Vec<Arc<Mutex<Tally>>> = (0..args.concurrency.min(MAX_TALLIES))
+        .map(|_| Arc::default())
+        .collect();
 
     let progress = (!args.quiet).then(|| tokio::spawn(progress(tallies.clone(), start)));
 
-    let workers: Vec<_> = tallies
-        .iter()
-        .map(|tally| {
-            let sender = sender.clone();
-            let path = args.path.clone();
-            let issued = issued.clone();
-            let tally = tally.clone();
-            tokio::spawn(async move {
-                while budget.take(&issued) {
-                    let sent = Instant::now();
-                    let outcome = tokio::time::timeout(timeout, sender.send(&path)).await;
-                    let latency = sent.elapsed();
-                    let mut tally = lock(&tally);
-                    tally.latencies.push(latency);
-                    let ok = match outcome {
-                        Ok(outcome) => {
-                            if let Some(endpoint) = outcome.endpoint {
-                                *tally.per_endpoint.entry(endpoint).or_default() += 1;
-                            }
-                            outcome.ok
-                        }
-                        Err(_elapsed) => false,
-                    };
-                    if !ok {
-                        tally.errors += 1;
-                    }
-                }
-            })
-        })
-        .collect();
-
-    for worker in workers {
-        worker.await.expect("a worker panicked");
+    match args.rate {
+        None => closed_loop(args, sender, budget, timeout, &tallies).await,
+        Some(rate) => open_loop(args, sender, rate, start, budget, timeout, &tallies).await,
     }
+
     let mut total = Tally::default();
     for tally in &tallies {
         let tally = std::mem::take(&mut *lock(tally));
-        total.latencies.extend(tally.latencies);
+        total
+            .latencies
+            .add(&tally.latencies)
+            .expect("auto-resizing histograms of one precision add up");
         total.errors += tally.errors;
+        total.overload += tally.overload;
         for (endpoint, n) in tally.per_endpoint {
             *total.per_endpoint.entry(endpoint).or_default() += n;
         }
@@ -667,22 +756,133 @@ async fn run(args: &Args, sender: Arc<Sender>) -> Report {
         progress.abort();
     }
 
-    let mut latencies = total.latencies;
-    latencies.sort_unstable();
-    let requests = latencies.len() as u64;
+    let requests = total.requests();
     let duration_s = elapsed.as_secs_f64();
+    let latencies = &total.latencies;
     Report {
         requests,
         errors: total.errors,
         duration_s: round3(duration_s),
         rps: round3(requests as f64 / duration_s),
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p90_ms: percentile_ms(&latencies, 0.90),
-        p99_ms: percentile_ms(&latencies, 0.99),
-        p999_ms: percentile_ms(&latencies, 0.999),
-        max_ms: latencies.last().map_or(0.0, |d| round3(ms(*d))),
+        p50_ms: percentile_ms(latencies, 0.50),
+        p90_ms: percentile_ms(latencies, 0.90),
+        p99_ms: percentile_ms(latencies, 0.99),
+        p999_ms: percentile_ms(latencies, 0.999),
+        max_ms: nanos_to_ms(latencies.max()),
         per_endpoint: total.per_endpoint.into_iter().collect(),
+        rate: args.rate,
+        overload: args.rate.map(|_| total.overload),
     }
+}
+
+/// Today's load: `--concurrency` workers, each sending its next request
+/// when the previous one has finished; latency from the send.
+async fn closed_loop(
+    args: &Args,
+    sender: Arc<Sender>,
+    budget: Budget,
+    timeout: Duration,
+    tallies: &[Arc<Mutex<Tally>>],
+) {
+    let issued = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|worker| {
+            let sender = sender.clone();
+            let path = args.path.clone();
+            let issued = issued.clone();
+            let tally = tallies[shard(worker, tallies)].clone();
+            tokio::spawn(async move {
+                while budget.take(&issued) {
+                    let sent = Instant::now();
+                    let outcome = tokio::time::timeout(timeout, sender.send(&path)).await;
+                    let latency = sent.elapsed();
+                    lock(&tally).record(latency, outcome.ok());
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a worker panicked");
+    }
+}
+
+/// `--rate`: request `i` is due at `start + i / rate`, whether or not the
+/// earlier ones have finished (an open loop, as wrk2 runs: a stalled pod
+/// does not slow the arrivals down), and its latency counts from that
+/// intended start, so that the time a request waited behind a stall is
+/// measured instead of omitted. At most `--concurrency` are in flight: a
+/// request due while that many are is not sent and counts as `overload`.
+///
+/// The schedule runs on a blocking thread of its own, sleeping with the
+/// OS's timer (tens of microseconds late) rather than tokio's, whose 1 ms
+/// ticks would start every request up to a millisecond late and add that
+/// to every latency (measured on loopback at 200 to 400 a second: p50
+/// 1.25 ms with tokio's timer, 0.5 ms with the thread's).
+async fn open_loop(
+    args: &Args,
+    sender: Arc<Sender>,
+    rate: f64,
+    start: Instant,
+    budget: Budget,
+    timeout: Duration,
+    tallies: &[Arc<Mutex<Tally>>],
+) {
+    let bound = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
+    let in_flight = Arc::new(Semaphore::new(bound.min(Semaphore::MAX_PERMITS)));
+    let runtime = tokio::runtime::Handle::current();
+    let path = args.path.clone();
+    let tallies = tallies.to_vec();
+    let schedule = tokio::task::spawn_blocking(move || {
+        let mut requests = JoinSet::new();
+        // Bounded by the budget: `--requests N` stops at N, a duration at
+        // the first request due after it (due times grow with `i`).
+        for i in 0u64.. {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let more = match budget {
+                Budget::Count(n) => i < n,
+                Budget::Until(deadline) => due < deadline,
+            };
+            if !more {
+                break;
+            }
+            // Late (the schedule fell behind): send at once; the lag
+            // counts in this request's latency.
+            let early = due.saturating_duration_since(Instant::now());
+            if !early.is_zero() {
+                std::thread::sleep(early);
+            }
+            let tally = tallies[shard(i, &tallies)].clone();
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                lock(&tally).overloaded();
+                continue;
+            };
+            let sender = sender.clone();
+            let path = path.clone();
+            requests.spawn_on(
+                async move {
+                    let outcome = tokio::time::timeout(timeout, sender.send(&path)).await;
+                    let latency = due.elapsed();
+                    drop(permit);
+                    lock(&tally).record(latency, outcome.ok());
+                },
+                &runtime,
+            );
+            // Reap finished requests so that a long run does not grow the set.
+            while let Some(done) = requests.try_join_next() {
+                done.expect("a request panicked");
+            }
+        }
+        requests
+    });
+    let mut requests = schedule.await.expect("the schedule panicked");
+    while let Some(done) = requests.join_next().await {
+        done.expect("a request panicked");
+    }
+}
+
+/// The tally that worker or request `i` records into.
+fn shard(i: u64, tallies: &[Arc<Mutex<Tally>>]) -> usize {
+    (i % tallies.len() as u64) as usize
 }
 
 fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
@@ -692,28 +892,28 @@ fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
 /// Prints a progress line to stderr once a second: totals, and over the last
 /// second the rate, errors, p99 and each pod's share of the responses.
 async fn progress(tallies: Vec<Arc<Mutex<Tally>>>, start: Instant) {
-    // Per worker, how many latencies the previous line had seen.
-    let mut seen = vec![0usize; tallies.len()];
     let mut errors_before = 0;
     let mut per_endpoint_before: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let mut window = Vec::new();
-        let (mut requests, mut errors) = (0, 0);
+        let mut window = histogram();
+        let (mut requests, mut errors, mut overload) = (0, 0, 0);
         let mut per_endpoint: HashMap<String, u64> = HashMap::new();
-        for (tally, seen) in tallies.iter().zip(&mut seen) {
-            let tally = lock(tally);
-            window.extend_from_slice(&tally.latencies[*seen..]);
-            *seen = tally.latencies.len();
-            requests += tally.latencies.len() as u64;
+        for tally in &tallies {
+            let mut tally = lock(tally);
+            window
+                .add(&tally.window)
+                .expect("auto-resizing histograms of one precision add up");
+            tally.window.reset();
+            requests += tally.requests();
             errors += tally.errors;
+            overload += tally.overload;
             for (endpoint, n) in &tally.per_endpoint {
                 *per_endpoint.entry(endpoint.clone()).or_default() += n;
             }
         }
-        window.sort_unstable();
         let mut shares: Vec<(String, u64)> = per_endpoint
             .iter()
             .map(|(e, n)| {
@@ -730,8 +930,14 @@ async fn progress(tallies: Vec<Arc<Mutex<Tally>>>, start: Instant) {
             .map(|(e, n)| format!("{e} {:.0}%", 100.0 * *n as f64 / answered.max(1) as f64))
             .collect();
         let t = start.elapsed().as_secs_f64();
+        // Overload exists only in the open loop, and is named only if any.
+        let overload = if overload > 0 {
+            format!(" ({overload} overload)")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "loadgen: {t:.0}s {requests} requests, {errors} errors, {:.0} rps; last 1s: {} rps, {} errors, p99 {:.1} ms, {}",
+            "loadgen: {t:.0}s {requests} requests, {errors} errors{overload}, {:.0} rps; last 1s: {} rps, {} errors, p99 {:.1} ms, {}",
             requests as f64 / t,
             window.len(),
             errors - errors_before,
@@ -743,7 +949,7 @@ async fn progress(tallies: Vec<Arc<Mutex<Tally>>>, start: Instant) {
     }
 }
 
-/// When the workers stop.
+/// When the requests stop.
 #[derive(Clone, Copy)]
 enum Budget {
     Count(u64),
@@ -751,7 +957,7 @@ enum Budget {
 }
 
 impl Budget {
-    /// True if one more request may start.
+    /// Closed loop: true if one more request may start.
     fn take(self, issued: &AtomicU64) -> bool {
         match self {
             Budget::Count(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
@@ -760,17 +966,14 @@ impl Budget {
     }
 }
 
-/// Nearest-rank percentile of sorted latencies, in milliseconds.
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    round3(ms(sorted[rank.clamp(1, sorted.len()) - 1]))
+/// The latency below which a fraction `q` of the requests fell, in
+/// milliseconds (0 when none finished).
+fn percentile_ms(latencies: &Latencies, q: f64) -> f64 {
+    nanos_to_ms(latencies.value_at_quantile(q))
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+fn nanos_to_ms(nanos: u64) -> f64 {
+    round3(nanos as f64 / 1e6)
 }
 
 fn round3(x: f64) -> f64 {

@@ -294,3 +294,145 @@ async fn watch_prints_a_line_per_endpoint() {
 
     child.kill().await.expect("watch is killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_rate_appends_rate_and_overload_to_the_same_keys() {
+    let (dns, _pods, port) = cluster(59, 2).await;
+    let target = format!("{NAME}:{port}");
+    let ns = dns.addr().to_string();
+    let out = {
+        let _load = LOAD.lock().await;
+        run(
+            "loadgen",
+            &[
+                &target,
+                "--nameserver",
+                &ns,
+                "--rate",
+                "100",
+                "--requests",
+                "20",
+            ],
+        )
+        .await
+    };
+    let report = json_line("loadgen", &out);
+    let keys = [
+        "requests",
+        "errors",
+        "duration_s",
+        "rps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+        "per_endpoint",
+        "rate",
+        "overload",
+    ];
+    assert_eq!(report.as_object().unwrap().len(), keys.len(), "{report}");
+    // The parsed object sorts its keys: the order is checked on the line.
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|key| {
+            out.stdout
+                .find(&format!("\"{key}\":"))
+                .unwrap_or_else(|| panic!("{key} in {}", out.stdout))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "the closed loop's keys in their order, then the open loop's: {}",
+        out.stdout
+    );
+    assert_eq!(report["requests"], 20, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["overload"], 0, "{report}");
+    assert_eq!(report["rate"].as_f64(), Some(100.0), "{report}");
+    let answered: u64 = per_endpoint(&report).iter().map(|(_, n)| n).sum();
+    assert_eq!(answered, 20, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_rate_counts_requests_beyond_the_bound_as_overload() {
+    let (dns, pods, port) = cluster(61, 1).await;
+    // 2 in flight at most, each 100 ms: at most about 20 a second are sent
+    // of the 200 a second due.
+    pods[0].set_delay(Duration::from_millis(100));
+    let report = {
+        let target = format!("{NAME}:{port}");
+        let ns = dns.addr().to_string();
+        let _load = LOAD.lock().await;
+        let out = run(
+            "loadgen",
+            &[
+                &target,
+                "--nameserver",
+                &ns,
+                "--rate",
+                "200",
+                "--requests",
+                "40",
+                "--concurrency",
+                "2",
+            ],
+        )
+        .await;
+        json_line("loadgen", &out)
+    };
+    eprintln!("{report}");
+    let overload = report["overload"].as_u64().expect("overload");
+    let errors = report["errors"].as_u64().expect("errors");
+    // Every due request is accounted for, sent or not.
+    assert_eq!(report["requests"], 40, "{report}");
+    assert!(overload > 0, "{report}");
+    // The sent ones all succeeded: the errors are the overloaded ones.
+    assert_eq!(errors, overload, "{report}");
+    let answered: u64 = per_endpoint(&report).iter().map(|(_, n)| n).sum();
+    assert_eq!(answered + overload, 40, "{report}");
+    // 40 due over 0.2 s; 2 at a time for 100 ms each: at most 2 per 100 ms
+    // (and the 2 in flight at the end), so at least 34 found the bound full.
+    assert!(overload >= 34, "{report}");
+}
+
+#[tokio::test]
+async fn bad_rate_and_variance_flags_exit_2_with_one_line() {
+    let cases: &[(&str, &[&str])] = &[
+        ("loadgen", &["web:80", "--rate", "0"]),
+        ("loadgen", &["web:80", "--rate", "-5"]),
+        ("loadgen", &["web:80", "--rate", "x"]),
+        ("loadgen", &["web:80", "--rate", "inf"]),
+        (
+            "echo_server",
+            &["--listen", "127.0.0.1:0", "--pause-ms", "10"],
+        ),
+        (
+            "echo_server",
+            &["--listen", "127.0.0.1:0", "--pause-every-ms", "10"],
+        ),
+        (
+            "echo_server",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--pause-every-ms",
+                "0",
+                "--pause-ms",
+                "10",
+            ],
+        ),
+        (
+            "echo_server",
+            &["--listen", "127.0.0.1:0", "--capacity", "0"],
+        ),
+        (
+            "echo_server",
+            &["--listen", "127.0.0.1:0", "--capacity", "x"],
+        ),
+    ];
+    for (name, args) in cases {
+        let out = run(name, args).await;
+        assert_usage_error(name, args, &out);
+    }
+}

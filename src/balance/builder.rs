@@ -10,6 +10,7 @@ use tower::discover::Discover;
 
 use super::completion::{CompleteOnResponse, Completion};
 use super::handle::Balancer;
+use super::subset::{ClientIdentity, Subset};
 
 /// How long a request waits for an available endpoint [3 s].
 pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,6 +26,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_FAILURE_ACCRUAL: u32 = 5;
 /// How many more endpoints a request that was never sent is tried on \[2\].
 pub const DEFAULT_MAX_RETRIES: usize = 2;
+/// How many new endpoints make their first connection attempt at once \[64\].
+pub const DEFAULT_CONNECT_CONCURRENCY: usize = 64;
 /// The shortest interval between two warnings about the same endpoint [5 s].
 const WARN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -69,6 +72,14 @@ pub(crate) struct Config {
     pub(crate) on_endpoint_failure: Option<FailureHook>,
     /// The per-target series, registered when the balancer starts.
     pub(crate) metrics: crate::metrics::BalancerMetrics,
+    /// The subset's size; 0: every listed endpoint.
+    pub(crate) subset_size: usize,
+    /// Who this client is for the subset; `None`: the hostname.
+    pub(crate) subset_identity: Option<ClientIdentity>,
+    /// The most endpoints used without a subset (see [`Builder::max_connected`]).
+    pub(crate) max_connected: usize,
+    /// First connection attempts under way at once.
+    pub(crate) connect_concurrency: usize,
 }
 
 /// What [`Builder::on_endpoint_failure`] calls.
@@ -185,6 +196,57 @@ impl Builder {
         self
     }
 
+    /// Balances over at most `size` of the listed pods, chosen by
+    /// [`Subset`]'s deterministic rule from this client's identity (see
+    /// [`subset_identity`](Self::subset_identity)) \[off: every pod\]; 0
+    /// turns it off.
+    ///
+    /// Turn it on when clients × pods connections is more than the pods
+    /// or the clients should hold (hundreds of clients of hundreds of
+    /// pods): each client then holds `size` pods' connections, and a pod
+    /// joining or leaving changes only the subsets it enters or leaves. The
+    /// cost: a client's load spreads over `size` pods instead of all, so a
+    /// slow pod weighs more on the clients that have it, and clients with
+    /// different request rates load their pods unevenly. Pods outside the
+    /// subset are not connected and not in [`stats`](Balancer::stats).
+    pub fn subset_size(mut self, size: usize) -> Self {
+        self.config.subset_size = size;
+        self
+    }
+
+    /// How this client identifies itself for [`subset_size`](Self::subset_size)
+    /// \[[`ClientIdentity::hostname`]: `$HOSTNAME`, the pod's name in
+    /// Kubernetes\]. [`ClientIdentity::ordinal`] (this client's number and
+    /// the number of clients, e.g. a StatefulSet's ordinal and replicas)
+    /// spreads clients evenly over the pods; a name spreads them like random
+    /// choices. Has no effect without a subset size.
+    pub fn subset_identity(mut self, identity: ClientIdentity) -> Self {
+        self.config.subset_identity = Some(identity);
+        self
+    }
+
+    /// The most listed endpoints this client connects to without
+    /// [`subset_size`](Self::subset_size) \[half the process's open-file
+    /// limit, at least 64: 512 under the common 1 024\].
+    ///
+    /// A listing larger than this (a service with thousands of pods) would
+    /// run the process out of file descriptors (`EMFILE`), which breaks far
+    /// more than this client. Past it the balancer uses a random subset of
+    /// this size, warns once, and asks for `subset_size`.
+    pub fn max_connected(mut self, max: usize) -> Self {
+        self.config.max_connected = max.max(1);
+        self
+    }
+
+    /// How many new endpoints make their first connection attempt at once
+    /// \[64\]: the others wait their turn, so that a listing of thousands of
+    /// pods does not open thousands of sockets in one burst. The first
+    /// endpoint to connect serves requests at once.
+    pub fn connect_concurrency(mut self, concurrency: usize) -> Self {
+        self.config.connect_concurrency = concurrency.max(1);
+        self
+    }
+
     /// Starts the balancer over `discover` and returns its handle.
     ///
     /// Spawns one background task that polls `discover`, connects new
@@ -244,6 +306,20 @@ impl fmt::Debug for Builder {
 
 // ===== impl Config =====
 
+impl Config {
+    /// The subset rule, when a size is set.
+    pub(crate) fn subset(&self) -> Option<Subset> {
+        if self.subset_size == 0 {
+            return None;
+        }
+        let subset = Subset::new(self.subset_size);
+        Some(match &self.subset_identity {
+            Some(identity) => subset.identity(identity.clone()),
+            None => subset,
+        })
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -259,6 +335,10 @@ impl Default for Config {
             last_error_source: None,
             on_endpoint_failure: None,
             metrics: Default::default(),
+            subset_size: 0,
+            subset_identity: None,
+            max_connected: default_max_connected(),
+            connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
         }
     }
 }
@@ -277,6 +357,48 @@ impl fmt::Debug for Config {
             .field("warn_interval", &self.warn_interval)
             .field("last_error_source", &self.last_error_source.is_some())
             .field("on_endpoint_failure", &self.on_endpoint_failure.is_some())
+            .field("subset_size", &self.subset_size)
+            .field("subset_identity", &self.subset_identity)
+            .field("max_connected", &self.max_connected)
+            .field("connect_concurrency", &self.connect_concurrency)
             .finish()
+    }
+}
+
+/// Half the process's soft open-file limit, at least 64; 4 096 where the
+/// limit cannot be read (it is read from `/proc/self/limits`, Linux only).
+fn default_max_connected() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| soft_open_files(&limits))
+        .map_or(4096, |soft| (soft / 2).max(64))
+}
+
+/// The soft limit in the "Max open files" line of `/proc/self/limits`;
+/// `None` when absent or "unlimited".
+fn soft_open_files(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::soft_open_files;
+
+    #[test]
+    fn reads_the_soft_open_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             95464                95464                processes\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(soft_open_files(limits), Some(1024));
+        assert_eq!(
+            soft_open_files("Max open files  unlimited  unlimited  files"),
+            None
+        );
+        assert_eq!(soft_open_files("nothing here"), None);
     }
 }

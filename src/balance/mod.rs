@@ -61,12 +61,13 @@ mod handle;
 mod peak_ewma;
 mod pick;
 mod snapshot;
+mod subset;
 mod task;
 
 pub(crate) use self::builder::Config;
 pub use self::builder::{
-    Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_DECAY, DEFAULT_FAILFAST_TIMEOUT,
-    DEFAULT_FAILURE_ACCRUAL, DEFAULT_MAX_RETRIES, DEFAULT_RTT,
+    Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_CONCURRENCY, DEFAULT_DECAY,
+    DEFAULT_FAILFAST_TIMEOUT, DEFAULT_FAILURE_ACCRUAL, DEFAULT_MAX_RETRIES, DEFAULT_RTT,
 };
 pub use self::completion::{CompleteOnResponse, Completion, PendingGuard};
 pub(crate) use self::dispatch::{Route, Tried};
@@ -74,3 +75,4 @@ pub(crate) use self::endpoint::Load;
 pub use self::endpoint::{EndpointState, EndpointStats};
 pub(crate) use self::guarded_body::GuardedBody;
 pub use self::handle::{Balancer, ResponseFuture};
+pub use self::subset::{ClientIdentity, OrdinalError, Subset};

@@ -26,10 +26,13 @@ use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 use tower::{BoxError, Service, ServiceExt};
 
+use tokio::sync::Semaphore;
+
 use super::backoff;
 use super::builder::Config;
 use super::endpoint::{Endpoint, EndpointState};
 use super::snapshot::{Shared, Snapshot};
+use super::subset::{ClientIdentity, Subset};
 use crate::log::{WarnGate, warn_or_debug};
 
 /// What one step of an endpoint's connection driver ended with.
@@ -62,6 +65,22 @@ struct Entry<S> {
 struct Task<Req, S> {
     shared: Arc<Shared<S>>,
     config: Config,
+    /// Every address discovery lists, with its service while it is not in
+    /// `endpoints` (outside the subset); a member's service lives in its
+    /// endpoint only, so that the balancer holds one copy of each.
+    listed: BTreeMap<SocketAddr, Option<S>>,
+    /// `listed` changed since the members were last chosen.
+    listed_changed: bool,
+    /// The subset rule when the listed set is larger than the client may use.
+    subset: Option<Subset>,
+    /// The fallback subset when the listing outgrows `max_connected` without
+    /// a configured subset: a random identity per balancer.
+    budget_subset: Subset,
+    /// Warned that the listing outgrew `max_connected`.
+    budget_warned: bool,
+    /// First connection attempts under way at once are bounded by its permits.
+    connects: Arc<Semaphore>,
+    /// The listed endpoints this client uses (all of `listed`, or its subset).
     endpoints: BTreeMap<SocketAddr, Entry<S>>,
     draining: Vec<Weak<Endpoint<S>>>,
     steps: FuturesUnordered<Abortable<BoxFuture<'static, Step<S>>>>,
@@ -90,9 +109,22 @@ pub(crate) async fn run<D, Req, S>(
     let mut discover = pin!(discover);
     let mut metrics_tick = crate::metrics::Ticker::new();
     let mut discovering = true;
+    let subset = config.subset();
+    let budget_subset = Subset::new(config.max_connected.max(1)).identity(ClientIdentity::Name(
+        format!("budget-{:016x}", fastrand::u64(..)),
+    ));
+    let connects = Arc::new(Semaphore::new(
+        config.connect_concurrency.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut task = Task::<Req, S> {
         shared,
         config,
+        listed: BTreeMap::new(),
+        listed_changed: false,
+        subset,
+        budget_subset,
+        budget_warned: false,
+        connects,
         endpoints: BTreeMap::new(),
         draining: Vec::new(),
         steps: FuturesUnordered::new(),
@@ -124,6 +156,7 @@ pub(crate) async fn run<D, Req, S>(
         while let Some(Some(step)) = task.steps.next().now_or_never() {
             task.on_step(step);
         }
+        task.choose_members();
         task.publish();
     }
     tracing::debug!(target_name = %task.config.target, "balancer stopped");
@@ -144,8 +177,25 @@ where
         change: Option<Result<Change<SocketAddr, S>, E>>,
     ) -> bool {
         match change {
-            Some(Ok(Change::Insert(addr, service))) => self.insert(addr, service),
-            Some(Ok(Change::Remove(addr))) => self.remove(addr),
+            Some(Ok(Change::Insert(addr, service))) => {
+                // tower's contract: an Insert for a known key replaces its
+                // service. The old endpoint drains; the new one is added
+                // when members are chosen, if it is one.
+                if self.endpoints.contains_key(&addr) {
+                    self.remove(addr);
+                }
+                self.listed.insert(addr, Some(service));
+                self.listed_changed = true;
+            }
+            Some(Ok(Change::Remove(addr))) => {
+                if self.listed.remove(&addr).is_none() {
+                    tracing::debug!(endpoint = %addr, "remove of an unknown endpoint ignored");
+                }
+                if self.endpoints.contains_key(&addr) {
+                    self.remove(addr);
+                }
+                self.listed_changed = true;
+            }
             Some(Err(error)) => {
                 let error = error.into();
                 let allowed = self
@@ -162,11 +212,63 @@ where
         true
     }
 
-    fn insert(&mut self, addr: SocketAddr, service: S) {
-        if self.endpoints.contains_key(&addr) {
-            // tower's contract: an Insert for a known key replaces its service.
+    /// Brings `endpoints` in line with the members of `listed`: every listed
+    /// endpoint, or the subset's members when a subset applies. Runs once
+    /// per batch of discovery changes, before the snapshot is published.
+    fn choose_members(&mut self) {
+        if !self.listed_changed {
+            return;
+        }
+        self.listed_changed = false;
+        let subset = match &self.subset {
+            Some(subset) => Some(subset),
+            None if self.listed.len() > self.config.max_connected => {
+                if !self.budget_warned {
+                    self.budget_warned = true;
+                    tracing::warn!(
+                        target_name = %self.config.target,
+                        listed = self.listed.len(),
+                        max_connected = self.config.max_connected,
+                        "more pods than this client may connect to: using a random subset of them; set subset_size for a deterministic one"
+                    );
+                }
+                Some(&self.budget_subset)
+            }
+            None => None,
+        };
+        let members: Vec<SocketAddr> = match subset {
+            Some(subset) => {
+                let listed: Vec<SocketAddr> = self.listed.keys().copied().collect();
+                subset.members(&listed)
+            }
+            None => self.listed.keys().copied().collect(),
+        };
+        let leaving: Vec<SocketAddr> = self
+            .endpoints
+            .keys()
+            .filter(|a| members.binary_search(a).is_err())
+            .copied()
+            .collect();
+        for addr in leaving {
+            tracing::debug!(endpoint = %addr, "endpoint left this client's subset");
+            if let (Some(slot), Some(entry)) =
+                (self.listed.get_mut(&addr), self.endpoints.get(&addr))
+            {
+                *slot = Some(entry.endpoint.service.clone());
+            }
             self.remove(addr);
         }
+        for addr in members {
+            if self.endpoints.contains_key(&addr) {
+                continue;
+            }
+            if let Some(service) = self.listed.get_mut(&addr).and_then(Option::take) {
+                self.insert(addr, service);
+            }
+        }
+    }
+
+    fn insert(&mut self, addr: SocketAddr, service: S) {
         let initial_rtt = self.typical_rtt();
         let endpoint = Arc::new(Endpoint::new(
             addr,
@@ -177,7 +279,10 @@ where
             crate::metrics::EndpointMetrics::new(&self.config.target, addr),
         ));
         tracing::debug!(endpoint = %addr, state = ?EndpointState::Connecting, initial_rtt = ?initial_rtt, "endpoint added");
-        let step = self.spawn_step(connect::<Req, S>(endpoint.clone(), Duration::ZERO));
+        let step = self.spawn_step(first_connect::<Req, S>(
+            endpoint.clone(),
+            self.connects.clone(),
+        ));
         self.endpoints.insert(
             addr,
             Entry {
@@ -192,7 +297,6 @@ where
 
     fn remove(&mut self, addr: SocketAddr) {
         let Some(entry) = self.endpoints.remove(&addr) else {
-            tracing::debug!(endpoint = %addr, "remove of an unknown endpoint ignored");
             return;
         };
         entry.step.abort();
@@ -342,6 +446,28 @@ where
         };
         drop(service);
         Step { endpoint, outcome }
+    }
+    .boxed()
+}
+
+/// The first connection attempt of a new endpoint: waits for one of the
+/// `permits`, so that a large listing (thousands of pods at start-up) opens
+/// its sockets a bounded number at a time, in listing order, rather than all
+/// at once. Reconnects do not wait: backoff already spaces them.
+fn first_connect<Req, S>(
+    endpoint: Arc<Endpoint<S>>,
+    permits: Arc<Semaphore>,
+) -> BoxFuture<'static, Step<S>>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    async move {
+        // The semaphore is never closed; without a permit, connect anyway.
+        let _permit = permits.acquire_owned().await.ok();
+        connect::<Req, S>(endpoint, Duration::ZERO).await
     }
     .boxed()
 }

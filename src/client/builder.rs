@@ -305,6 +305,36 @@ impl<P, C, L> Builder<P, C, L> {
         self
     }
 
+    /// Balances over at most `size` of the service's pods, chosen
+    /// deterministically from this client's identity \[off\]; 0 turns it
+    /// off. See [`balance::Builder::subset_size`] for when to turn it on and
+    /// [`Subset`](crate::balance::Subset) for the rule.
+    pub fn subset_size(mut self, size: usize) -> Self {
+        self.settings.balance.subset_size = size;
+        self
+    }
+
+    /// This client's identity for [`subset_size`](Self::subset_size) \[the
+    /// hostname\]; see [`balance::Builder::subset_identity`].
+    pub fn subset_identity(mut self, identity: crate::balance::ClientIdentity) -> Self {
+        self.settings.balance.subset_identity = Some(identity);
+        self
+    }
+
+    /// The most pods connected to without a subset \[half the open-file
+    /// limit, at least 64\]; see [`balance::Builder::max_connected`].
+    pub fn max_connected(mut self, max: usize) -> Self {
+        self.settings.balance.max_connected = max.max(1);
+        self
+    }
+
+    /// How many new pods are connected to at once \[64\]; see
+    /// [`balance::Builder::connect_concurrency`].
+    pub fn connect_concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.balance.connect_concurrency = concurrency.max(1);
+        self
+    }
+
     // ----- discovery -----
 
     /// DNS refresh schedule and backoff [`RefreshPolicy::default`].

@@ -27,7 +27,8 @@ use crate::sync::lock;
 /// stream that stays open until [`end_streams`](Self::end_streams) (or a kill).
 ///
 /// Like [`Pod`](super::Pod), several listen on distinct loopback addresses
-/// (127.0.0.11, …) and can be made slow ([`set_delay`](Self::set_delay)) or
+/// (127.0.0.11, …) and can be made slow ([`set_delay`](Self::set_delay),
+/// [`set_pauses`](Self::set_pauses), [`set_capacity`](Self::set_capacity)) or
 /// failing ([`set_status`](Self::set_status)), killed (a crash), shut down
 /// gracefully ([`shutdown`](Self::shutdown), as on SIGTERM) and restarted. The
 /// server speaks HTTP/2 with prior knowledge (h2c), as gRPC clients do.
@@ -176,11 +177,11 @@ impl PodHealth {
         tracing::trace!(pod = %state.addr, "request received");
         let mut killed = state.conns.killed();
         let delay = *lock(&state.delay);
-        if !delay.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = killed.changed() => return Err(Status::unavailable("pod killed")),
-            }
+        // The delay is the RPC's work: it queues for a place under the
+        // capacity limit and stops during pauses (`set_pauses`).
+        tokio::select! {
+            () = state.conns.variance().serve(delay) => {}
+            _ = killed.changed() => return Err(Status::unavailable("pod killed")),
         }
         state.requests.fetch_add(1, Ordering::Relaxed);
         match state.status.load(Ordering::Relaxed) {

@@ -9,7 +9,9 @@
 //! - [`FaultyDns`]: a deliberately broken responder for the failure modes a
 //!   well-behaved server never shows: truncation, garbage, TCP refused, delay.
 //! - [`Pod`]: a real HTTP/1.1 + h2c server on a 127.0.0.x address that answers
-//!   with its own address, and can be made slow, failing, hung, killed and restarted.
+//!   with its own address, and can be made slow, failing, hung, killed and restarted,
+//!   and vary as real pods do: GC-like stop-the-world pauses at random times
+//!   (`set_pauses`) and a capacity limit beyond which requests queue (`set_capacity`).
 //! - [`GrpcPod`] (with the `tonic` feature): a real grpc.health.v1 server on
 //!   a 127.0.0.x address, with the same knobs, for the gRPC channel.
 //! - With the `tls` feature, [`TestCa`]: a CA that issues certificates for

@@ -38,7 +38,9 @@ pub const AUTHORITY_HEADER: &str = "x-pod-authority";
 /// Several pods can listen on distinct loopback addresses (127.0.0.11,
 /// 127.0.0.12, …), which on Linux needs no setup. Runtime controls change
 /// how it answers: [`set_delay`](Self::set_delay),
-/// [`set_status`](Self::set_status), [`set_hang`](Self::set_hang); and whether
+/// [`set_status`](Self::set_status), [`set_hang`](Self::set_hang),
+/// [`set_pauses`](Self::set_pauses) (GC-like stop-the-world pauses),
+/// [`set_capacity`](Self::set_capacity) (a CPU-starved pod); and whether
 /// it runs at all: [`kill`](Self::kill) (a crash),
 /// [`shutdown`](Self::shutdown) (a graceful exit, as on SIGTERM),
 /// [`restart`](Self::restart). Dropping a `Pod` kills it.
@@ -245,9 +247,9 @@ async fn answer(
     let wait = async {
         let _ = hang.wait_for(|hang| !hang).await;
         let delay = *lock(&state.delay);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        // The delay is the request's work: it queues for a place under the
+        // capacity limit and stops during pauses (`set_pauses`).
+        state.conns.variance().serve(delay).await;
     };
     tokio::select! {
         () = wait => {}

@@ -1,7 +1,8 @@
-//! The part every test pod shares: a listener on a loopback address, one task per connection (TLS or not), crash, graceful stop, restart.
+//! The part every test pod shares: a listener on a loopback address, one task per connection (TLS or not), crash, graceful stop, restart, and the variance of a real pod (stop-the-world pauses, a capacity limit).
 //!
 //! [`Pod`](super::Pod) and [`GrpcPod`](super::GrpcPod) differ only in what
-//! they answer; how a pod lives and dies is here, once.
+//! they answer; how a pod lives and dies, and how its service time varies,
+//! is here, once.
 
 use std::future::Future;
 use std::io;
@@ -15,8 +16,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::tls::{ServerStream, ServerTls};
 use crate::sync::lock;
@@ -46,6 +48,38 @@ pub(crate) struct Conns {
     last_alpn: Mutex<Option<Vec<u8>>>,
     /// One task per accepted connection, so that a kill can abort them all.
     tasks: Mutex<JoinSet<()>>,
+    /// Pauses and the capacity limit every request goes through.
+    variance: Variance,
+}
+
+/// How a pod's service time varies beyond its fixed delay, the same for
+/// every protocol: GC-like stop-the-world pauses, and a capacity limit (a
+/// CPU-starved pod). A request handler calls [`Variance::serve`] in place
+/// of sleeping its delay.
+#[derive(Debug)]
+pub(crate) struct Variance {
+    gate: Arc<Gate>,
+    /// At most this many requests served at once; `None`: no limit. A new
+    /// limit replaces the semaphore and closes the old one, whose waiters
+    /// then queue on the new one (see [`Variance::slot`]).
+    capacity: Mutex<Option<Arc<Semaphore>>>,
+    /// The task starting pauses at Poisson times, if a schedule is set.
+    schedule: Mutex<Option<JoinHandle<()>>>,
+    /// The runtime the pod was started on, where the schedule runs: the
+    /// setters are plain `fn`s, callable outside any runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+/// The pause state requests wait on, shared with the schedule task (which
+/// holds only this, so that no cycle keeps a dropped pod alive).
+#[derive(Debug)]
+struct Gate {
+    /// The end of the current or last pause (`None`: never paused). Only
+    /// ever moved later, so a waiter that slept until the value it read
+    /// needs only re-read it to know whether the pause was extended.
+    until: watch::Sender<Option<Instant>>,
+    /// Pauses begun so far.
+    pauses: AtomicU64,
 }
 
 /// A running (or killed) pod: its address, its accept loop and its connections.
@@ -69,7 +103,13 @@ impl Conns {
             tls,
             last_alpn: Mutex::new(None),
             tasks: Mutex::new(JoinSet::new()),
+            variance: Variance::new(),
         })
+    }
+
+    /// The pauses and capacity limit of this pod's requests.
+    pub(crate) fn variance(&self) -> &Variance {
+        &self.variance
     }
 
     /// Changes when the pod is killed (or cut off after a shutdown's grace).
@@ -131,6 +171,10 @@ impl Server {
 
     pub(crate) fn connections(&self) -> u64 {
         self.conns.connections()
+    }
+
+    pub(crate) fn variance(&self) -> &Variance {
+        self.conns.variance()
     }
 
     /// Closes the listener and returns once it is closed.
@@ -199,6 +243,10 @@ impl Drop for Server {
         // Connections first, as in `Conns::cut`, without waiting.
         lock(&self.conns.tasks).abort_all();
         self.conns.kills.send_modify(|k| *k += 1);
+        // The pause schedule would otherwise run for ever.
+        self.conns
+            .variance
+            .set_pauses(Duration::ZERO, Duration::ZERO);
     }
 }
 
@@ -211,6 +259,171 @@ impl std::fmt::Debug for Server {
             .field("conns", &self.conns)
             .finish_non_exhaustive()
     }
+}
+
+// ===== impl Variance =====
+
+/// Far enough ahead to mean "never" without overflowing `Instant` (tokio's
+/// own far future is about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+impl Variance {
+    /// No pauses, no limit. Must run inside a tokio runtime (pods start in one).
+    fn new() -> Self {
+        Self {
+            gate: Arc::new(Gate {
+                until: watch::Sender::new(None),
+                pauses: AtomicU64::new(0),
+            }),
+            capacity: Mutex::new(None),
+            schedule: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Serves one request whose work takes `delay`: queues for a slot while
+    /// the pod is at capacity, works for `delay` of time outside pauses (a
+    /// stop-the-world pause freezes the work, as it freezes every thread of
+    /// a real process), then waits for the end of any pause before
+    /// returning, so that no response leaves a paused pod. The slot is held
+    /// throughout: a request being served, paused or not, occupies it.
+    pub(crate) async fn serve(&self, delay: Duration) {
+        let _slot = self.slot().await;
+        let mut until = self.gate.until.subscribe();
+        let mut left = delay;
+        // Each turn either ends the work or is cut by a pause's start, so
+        // the turns are one more than the pauses during this request.
+        loop {
+            wait_open(&mut until).await;
+            if left.is_zero() {
+                return;
+            }
+            let began = Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(left) => left = Duration::ZERO,
+                changed = until.changed() => {
+                    if changed.is_err() {
+                        // The gate is gone with the pod: just finish the work.
+                        tokio::time::sleep(left.saturating_sub(began.elapsed())).await;
+                        return;
+                    }
+                    // A pause began (or an earlier one was extended): the
+                    // work done so far counts, the rest waits for the end.
+                    left = left.saturating_sub(began.elapsed());
+                }
+            }
+        }
+    }
+
+    /// A slot under the capacity limit (`None`: no limit), queueing FIFO
+    /// while the pod is full.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        // Each turn past the first follows a `set_capacity` that closed the
+        // semaphore this request queued on, so the turns are bounded by the
+        // changes made while it waits.
+        loop {
+            let semaphore = lock(&self.capacity).clone()?;
+            if let Ok(permit) = semaphore.acquire_owned().await {
+                return Some(permit);
+            }
+        }
+    }
+
+    /// See `Pod::set_capacity`.
+    pub(crate) fn set_capacity(&self, capacity: Option<usize>) {
+        let new = capacity.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+        let old = std::mem::replace(&mut *lock(&self.capacity), new);
+        // Requests queued on the old limit move to the new one; those being
+        // served keep their slot of the old one until they finish, so for
+        // the time of one service the two limits add up.
+        if let Some(old) = old {
+            old.close();
+        }
+    }
+
+    /// See `Pod::pause_for`.
+    pub(crate) fn pause_for(&self, pause: Duration) {
+        self.gate.pause_for(pause);
+    }
+
+    /// See `Pod::pauses`.
+    pub(crate) fn pauses(&self) -> u64 {
+        self.gate.pauses.load(Ordering::Relaxed)
+    }
+
+    /// See `Pod::set_pauses`.
+    pub(crate) fn set_pauses(&self, every: Duration, pause: Duration) {
+        let mut schedule = lock(&self.schedule);
+        if let Some(old) = schedule.take() {
+            old.abort();
+        }
+        if every.is_zero() || pause.is_zero() {
+            return;
+        }
+        let gate = self.gate.clone();
+        *schedule = Some(self.runtime.spawn(async move {
+            let mut rng = fastrand::Rng::new();
+            let mut next = Instant::now();
+            // Runs until aborted (by the next `set_pauses` or the pod's
+            // drop); each turn sleeps a random interval first.
+            loop {
+                let Some(at) = next.checked_add(exponential(&mut rng, every)) else {
+                    // Beyond the clock's range: no further pause, ever.
+                    return;
+                };
+                next = at;
+                tokio::time::sleep_until(next).await;
+                gate.pause_for(pause);
+            }
+        }));
+    }
+}
+
+impl Gate {
+    /// Starts a pause now, lasting `pause`; one already running that ends
+    /// later is left as it is (pauses overlap, they do not queue).
+    fn pause_for(&self, pause: Duration) {
+        if pause.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let end = now.checked_add(pause).unwrap_or_else(|| now + FAR_FUTURE);
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        // Only a later end is news: waiters never need to wake for an
+        // earlier one (the gate only ever moves later).
+        self.until.send_if_modified(|until| match until {
+            Some(current) if *current >= end => false,
+            _ => {
+                *until = Some(end);
+                true
+            }
+        });
+    }
+}
+
+/// Returns once no pause is running (at once if none is), marking the
+/// current value seen so that `changed` then reports only a newer pause.
+async fn wait_open(until: &mut watch::Receiver<Option<Instant>>) {
+    // Each turn sleeps to the end last read; a further turn happens only if
+    // the pause was extended meanwhile, so turns are bounded by extensions.
+    loop {
+        let end = *until.borrow_and_update();
+        match end {
+            Some(end) if end > Instant::now() => tokio::time::sleep_until(end).await,
+            _ => return,
+        }
+    }
+}
+
+/// An exponentially distributed interval of mean `mean`: the gap between
+/// the events of a Poisson process, so that pauses come at random, with no
+/// rhythm a client could lock onto.
+fn exponential(rng: &mut fastrand::Rng, mean: Duration) -> Duration {
+    // Inverse transform: `1 - u` lies in (0, 1], so the log is finite and
+    // the result is at most about 37 means (u's 53 random bits).
+    let u = rng.f64();
+    let x = -(1.0 - u).ln();
+    Duration::try_from_secs_f64(mean.as_secs_f64() * x).unwrap_or(Duration::MAX)
 }
 
 // ===== serving =====
@@ -384,6 +597,47 @@ macro_rules! pod_lifecycle {
             /// their values. A no-op while running.
             pub async fn restart(&self) -> std::io::Result<()> {
                 self.server.restart().await
+            }
+
+            /// Stop-the-world pauses, as a garbage collector makes: pauses
+            /// start at random times (a Poisson process, the intervals
+            /// between starts exponentially distributed with mean `every`)
+            /// and each lasts `pause`. During a pause no request is
+            /// answered: one arriving waits for the end, and one already
+            /// being served stops (its [delay](Self::set_delay) resumes
+            /// after the pause) and never sends its response before the
+            /// end. A pause starting while one runs extends it if it ends
+            /// later. Replaces the previous schedule; `every` or `pause`
+            /// zero turns pauses off. Default: off.
+            pub fn set_pauses(&self, every: std::time::Duration, pause: std::time::Duration) {
+                self.server.variance().set_pauses(every, pause);
+            }
+
+            /// Starts one pause now, lasting `pause`, with the effect
+            /// described in [`set_pauses`](Self::set_pauses): for tests
+            /// that need a pause at a known time. A running pause that ends
+            /// later is left as it is. Returns at once.
+            pub fn pause_for(&self, pause: std::time::Duration) {
+                self.server.variance().pause_for(pause);
+            }
+
+            /// Pauses started so far, by [`set_pauses`](Self::set_pauses)'
+            /// schedule or [`pause_for`](Self::pause_for).
+            pub fn pauses(&self) -> u64 {
+                self.server.variance().pauses()
+            }
+
+            /// At most `capacity` requests served at once, as on a
+            /// CPU-starved pod: a request beyond it queues (first come,
+            /// first served) until one being served has been answered.
+            /// A request occupies its place from the start of its
+            /// [delay](Self::set_delay) to its answer, pauses included.
+            /// `None` lifts the limit; `Some(0)` serves nothing until the
+            /// limit is raised. A change applies to queued requests at
+            /// once, while those being served keep their place. Default:
+            /// `None`.
+            pub fn set_capacity(&self, capacity: Option<usize>) {
+                self.server.variance().set_capacity(capacity);
             }
         }
     };
