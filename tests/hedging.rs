@@ -714,8 +714,8 @@ mod grpc {
 
 // ===== a measurement, not a check =====
 
-/// Latency over four pods that each stall (hang) for 80 ms at random times
-/// about once a second, as a GC pause does, without hedging and with a
+/// Latency over four pods that each pause for 80 ms at random times about
+/// once a second (a GC's stop-the-world, `Pod::set_pauses`), without hedging and with a
 /// fixed and an automatic delay; closed loop, 16 in flight, 5 s each. One
 /// hedge per request: a request whose hedge lands on a pod that stalls in
 /// turn, or that the budget refuses, still waits out a stall.
@@ -727,30 +727,13 @@ async fn measure_stalling_pods_with_and_without_hedging() {
     let ips: Vec<IpAddr> = (1..=4)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 241, i)))
         .collect();
-    let pods = std::sync::Arc::new(Pod::start_all(&ips).await.unwrap());
+    let pods = Pod::start_all(&ips).await.unwrap();
     let dns = DnsServer::start().await.unwrap();
     dns.set_ips(SERVICE, &ips, 1);
     let port = pods[0].addr().port();
-    let stalls = {
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            let mut set = JoinSet::new();
-            for i in 0..pods.len() {
-                let pods = pods.clone();
-                set.spawn(async move {
-                    loop {
-                        // Exponential gaps, mean 1 s: stalls at random times.
-                        let gap = -fastrand::f64().max(1e-9).ln();
-                        tokio::time::sleep(Duration::from_secs_f64(gap)).await;
-                        pods[i].set_hang(true);
-                        tokio::time::sleep(Duration::from_millis(80)).await;
-                        pods[i].set_hang(false);
-                    }
-                });
-            }
-            set.join_all().await
-        })
-    };
+    for pod in pods.iter() {
+        pod.set_pauses(Duration::from_secs(1), Duration::from_millis(80));
+    }
     let policies = [
         ("no hedging", None),
         (
@@ -810,5 +793,4 @@ async fn measure_stalling_pods_with_and_without_hedging() {
             hedging.refused,
         );
     }
-    stalls.abort();
 }
