@@ -73,6 +73,12 @@
 //! with a 60 s idle timeout (departed pods' series leave) and histogram
 //! buckets for the `_seconds` metrics.
 //!
+//! `--hedge-after-ms N|auto` (`--mode p2c`) hedges every request that has no
+//! answer after N ms, or after the p95 of recent answers with `auto`: a copy
+//! goes to another pod and the first answer counts (gRPC: the `Check`
+//! method is listed as hedgeable). `--hedge-budget PCT` caps the copies at
+//! that percentage of the requests \[10\].
+//!
 //! Progress goes to stderr once a second unless `--quiet`: the requests and
 //! errors so far (and the overloaded ones, if any) and, over the last second,
 //! the rate, errors, p99 and each pod's share:
@@ -168,6 +174,13 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Hedge a request with no answer after N milliseconds, or after the
+    /// p95 of recent answers with `auto` (--mode p2c).
+    #[arg(long, value_name = "N|auto", value_parser = parse_hedge_after)]
+    hedge_after_ms: Option<HedgeAfter>,
+    /// The most hedges, in percent of requests [10].
+    #[arg(long, value_name = "PCT", requires = "hedge_after_ms", value_parser = parse_hedge_budget)]
+    hedge_budget: Option<f64>,
     /// The client configuration read from --tls-ca.
     #[cfg(feature = "tls")]
     #[arg(skip)]
@@ -217,6 +230,42 @@ fn parse_path(s: &str) -> Result<PathAndQuery, String> {
         return Err(format!("{s:?} does not start with '/'"));
     }
     s.parse().map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// When `--hedge-after-ms` hedges.
+#[derive(Debug, Clone, Copy)]
+enum HedgeAfter {
+    Fixed(Duration),
+    Auto,
+}
+
+fn parse_hedge_after(s: &str) -> Result<HedgeAfter, String> {
+    if s == "auto" {
+        return Ok(HedgeAfter::Auto);
+    }
+    let ms: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is neither a number of milliseconds nor \"auto\""))?;
+    Ok(HedgeAfter::Fixed(Duration::from_millis(ms)))
+}
+
+fn parse_hedge_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct / 100.0),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
+}
+
+/// The hedge policy of `--hedge-after-ms` and `--hedge-budget`, if any.
+fn hedge_policy(args: &Args) -> Option<headless_lb::HedgePolicy> {
+    let policy = match args.hedge_after_ms? {
+        HedgeAfter::Fixed(delay) => headless_lb::HedgePolicy::after(delay),
+        HedgeAfter::Auto => headless_lb::HedgePolicy::auto(),
+    };
+    Some(match args.hedge_budget {
+        Some(budget) => policy.budget(budget),
+        None => policy,
+    })
 }
 
 /// The JSON line: field order as documented.
@@ -293,6 +342,9 @@ async fn main() -> ExitCode {
         return common::usage_error(
             "--tls-ca applies to --mode p2c, and to round-robin and random over HTTP",
         );
+    }
+    if args.hedge_after_ms.is_some() && args.mode != Mode::P2c {
+        return common::usage_error("--hedge-after-ms applies to --mode p2c");
     }
     #[cfg(not(feature = "tonic"))]
     if let Proto::Grpc = args.protocol {
@@ -429,6 +481,9 @@ async fn build_sender(args: &Args, protocol: Protocol) -> Result<Sender, Failure
         #[cfg(feature = "tls")]
         if let Some(config) = &args.tls {
             builder = builder.tls(config.clone());
+        }
+        if let Some(policy) = hedge_policy(args) {
+            builder = builder.hedge(policy);
         }
         let client: Client = builder
             .build_target(target)
@@ -969,6 +1024,11 @@ mod grpc {
             #[cfg(feature = "tls")]
             if let Some(config) = &args.tls {
                 builder = builder.tls(config.clone());
+            }
+            if let Some(policy) = super::hedge_policy(args) {
+                builder = builder
+                    .hedge(policy)
+                    .hedge_grpc_methods(["/grpc.health.v1.Health/Check"]);
             }
             let channel = builder
                 .build_target(args.target.clone())

@@ -238,11 +238,11 @@ fn main() -> ExitCode {
         }
         println!();
     }
-    if let Some(path) = &args.svg {
-        if let Err(error) = plot(path, &args, &outcomes) {
-            eprintln!("simulate: cannot write {}: {error}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.svg
+        && let Err(error) = plot(path, &args, &outcomes)
+    {
+        eprintln!("simulate: cannot write {}: {error}", path.display());
+        return ExitCode::FAILURE;
     }
     let last = outcomes
         .iter()

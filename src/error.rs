@@ -312,6 +312,10 @@ pub enum BuildError {
         /// Why it is not valid.
         reason: String,
     },
+    /// The hedging settings ([`HedgePolicy`](crate::HedgePolicy), the gRPC
+    /// methods to hedge) hold a value that cannot work.
+    #[error("invalid hedging setting: {0}")]
+    Hedge(#[from] crate::client::HedgePolicyError),
 }
 
 /// Why a request through a balanced client failed.

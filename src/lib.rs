@@ -31,6 +31,7 @@ pub mod target;
 pub mod testing;
 
 pub use balance::{Balancer, EndpointState, EndpointStats, PendingGuard};
+pub use client::{HedgePolicy, HedgePolicyError, HedgeStats, Idempotent};
 pub use discover::{Discovery, DiscoveryStats, DnsDiscover, EmptyAnswer, RefreshPolicy};
 pub use endpoint::{Endpoint, Layered, MakeEndpoint, MakeEndpointFn, make_endpoint_fn};
 pub use error::{BalanceError, BuildError, RequestError, ResolveError, TargetError};

@@ -25,6 +25,9 @@
 //! | `headless_lb_endpoint_state` | gauge | target, endpoint, state | 1 for the pod's current state (`connecting`, `ready`, `backoff`, `draining`), 0 for the others; all four 0 once a removed pod has drained (terminal) |
 //! | `headless_lb_retries_total` | counter | target | requests re-sent to another pod because the previous attempt was never sent |
 //! | `headless_lb_failfast_errors_total` | counter | target | requests that found no pod within `failfast_timeout` and failed with `NoEndpoints` (gRPC `UNAVAILABLE`): the "no endpoints" outcome |
+//! | `headless_lb_hedges_total` | counter | target | hedged requests: copies sent to a second pod after the hedge delay (see [`HedgePolicy`](crate::HedgePolicy)) |
+//! | `headless_lb_hedges_won_total` | counter | target | hedges whose answer was the one returned (it came first, or the original failed) |
+//! | `headless_lb_hedges_refused_total` | counter | target | hedges due (the delay passed, another pod was free) that the hedge budget refused |
 //! | `headless_lb_panic_mode_entries_total` | counter | target | times every listed pod was backing off, so picks went to all of them (panic mode) |
 //! | `headless_lb_panic_mode` | gauge | target | 1 while in panic mode, else 0 |
 //! | `headless_lb_dns_lookups_total` | counter | target, outcome | DNS lookups: `ok`, `no_records` (NXDOMAIN or empty), `timeout`, `error` (SERVFAIL, REFUSED, network) |
@@ -80,6 +83,12 @@ pub const ENDPOINT_STATE: &str = "headless_lb_endpoint_state";
 pub const RETRIES_TOTAL: &str = "headless_lb_retries_total";
 /// Requests that failed with `NoEndpoints` (counter; target).
 pub const FAILFAST_ERRORS_TOTAL: &str = "headless_lb_failfast_errors_total";
+/// Hedges sent to a second pod (counter; target).
+pub const HEDGES_TOTAL: &str = "headless_lb_hedges_total";
+/// Hedges whose answer was returned (counter; target).
+pub const HEDGES_WON_TOTAL: &str = "headless_lb_hedges_won_total";
+/// Hedges refused by the hedge budget (counter; target).
+pub const HEDGES_REFUSED_TOTAL: &str = "headless_lb_hedges_refused_total";
 /// Entries into panic mode (counter; target).
 pub const PANIC_MODE_ENTRIES_TOTAL: &str = "headless_lb_panic_mode_entries_total";
 /// 1 while in panic mode (gauge; target).
@@ -95,7 +104,7 @@ pub const DNS_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
     "headless_lb_dns_last_success_timestamp_seconds";
 
 /// Every metric above, for tests and dashboards that list them.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 16] = [
     REQUESTS_TOTAL,
     ENDPOINT_RTT_SECONDS,
     ENDPOINT_RTT_ESTIMATE_SECONDS,
@@ -103,6 +112,9 @@ pub const ALL: [&str; 13] = [
     ENDPOINT_STATE,
     RETRIES_TOTAL,
     FAILFAST_ERRORS_TOTAL,
+    HEDGES_TOTAL,
+    HEDGES_WON_TOTAL,
+    HEDGES_REFUSED_TOTAL,
     PANIC_MODE_ENTRIES_TOTAL,
     PANIC_MODE,
     DNS_LOOKUPS_TOTAL,
@@ -258,6 +270,18 @@ mod imp {
             "Requests that found no pod within failfast_timeout (NoEndpoints)."
         );
         describe_counter!(
+            HEDGES_TOTAL,
+            "Hedged requests: copies sent to a second pod after the hedge delay."
+        );
+        describe_counter!(
+            HEDGES_WON_TOTAL,
+            "Hedges whose answer was the one returned."
+        );
+        describe_counter!(
+            HEDGES_REFUSED_TOTAL,
+            "Hedges due that the hedge budget refused."
+        );
+        describe_counter!(
             PANIC_MODE_ENTRIES_TOTAL,
             "Times every pod was backing off and picks went to all of them."
         );
@@ -390,6 +414,8 @@ mod imp {
     pub(crate) struct BalancerMetrics {
         retries: Counter,
         failfast: Counter,
+        /// Hedges sent, won, refused by the budget.
+        hedges: [Counter; 3],
         panic_entries: Counter,
         panic: Gauge,
         target: std::sync::Arc<str>,
@@ -403,6 +429,8 @@ mod imp {
             Self {
                 retries: metrics::counter!(RETRIES_TOTAL, "target" => t.clone()),
                 failfast: metrics::counter!(FAILFAST_ERRORS_TOTAL, "target" => t.clone()),
+                hedges: [HEDGES_TOTAL, HEDGES_WON_TOTAL, HEDGES_REFUSED_TOTAL]
+                    .map(|name| metrics::counter!(name, "target" => t.clone())),
                 panic_entries: metrics::counter!(PANIC_MODE_ENTRIES_TOTAL, "target" => t.clone()),
                 panic: metrics::gauge!(PANIC_MODE, "target" => t),
                 target: target.into(),
@@ -420,6 +448,21 @@ mod imp {
             self.failfast.increment(1);
         }
 
+        #[inline]
+        pub(crate) fn hedge_sent(&self) {
+            self.hedges[0].increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn hedge_won(&self) {
+            self.hedges[1].increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn hedge_refused(&self) {
+            self.hedges[2].increment(1);
+        }
+
         /// The published snapshot is (or is not) in panic mode.
         pub(crate) fn panic_mode(&self, panic: bool) {
             if self.in_panic.swap(panic, Ordering::Relaxed) != panic {
@@ -434,6 +477,9 @@ mod imp {
         pub(crate) fn sample(&self) {
             self.retries.increment(0);
             self.failfast.increment(0);
+            for counter in &self.hedges {
+                counter.increment(0);
+            }
             self.panic_entries.increment(0);
             let panic = self.in_panic.load(Ordering::Relaxed);
             self.panic.set(if panic { 1.0 } else { 0.0 });
@@ -446,6 +492,7 @@ mod imp {
             Self {
                 retries: Counter::noop(),
                 failfast: Counter::noop(),
+                hedges: [Counter::noop(), Counter::noop(), Counter::noop()],
                 panic_entries: Counter::noop(),
                 panic: Gauge::noop(),
                 target: "".into(),
@@ -546,6 +593,12 @@ mod imp {
         pub(crate) fn retry(&self) {}
         #[inline(always)]
         pub(crate) fn failfast(&self) {}
+        #[inline(always)]
+        pub(crate) fn hedge_sent(&self) {}
+        #[inline(always)]
+        pub(crate) fn hedge_won(&self) {}
+        #[inline(always)]
+        pub(crate) fn hedge_refused(&self) {}
         #[inline(always)]
         pub(crate) fn panic_mode(&self, _: bool) {}
         #[inline(always)]

@@ -1,8 +1,9 @@
 //! The request path: pick, wait, send, retry what was never sent.
 
+use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
@@ -11,8 +12,80 @@ use super::builder::Config;
 use super::completion::{Completion, PendingGuard};
 use super::endpoint::{Endpoint, Load};
 use super::handle::Balancer;
+use super::snapshot::Shared;
 use crate::error::BalanceError;
 use crate::not_sent::NotSent;
+use crate::sync::lock;
+
+/// Which endpoints a request may go to.
+pub(crate) enum Route<S> {
+    /// Any endpoint P2C picks: every request that will not be hedged.
+    Any,
+    /// A request that may be hedged: every endpoint it is sent to is
+    /// recorded in the shared [`Tried`], and a retry prefers the others
+    /// (falling back to any, as an untracked request would).
+    Tracked(Arc<Tried>),
+    /// A hedge: first to `first` (picked when the hedge was decided), then,
+    /// if that was never sent, to endpoints outside [`Tried`] only. It never
+    /// waits for an endpoint: a hedge that finds no other pod is dropped,
+    /// and the request it copies goes on.
+    Hedge {
+        tried: Arc<Tried>,
+        first: Option<Arc<Endpoint<S>>>,
+    },
+}
+
+/// The pods the copies of one request went to, shared by the request and
+/// its hedge so that neither is sent where the other already is.
+///
+/// A lock, not atomics: it is touched once per attempt of a hedged request
+/// (a handful per request), never by requests without hedging.
+#[derive(Debug, Default)]
+pub(crate) struct Tried(Mutex<Vec<SocketAddr>>);
+
+// ===== impl Route =====
+
+impl<S> Route<S> {
+    /// The next endpoint to try, recorded as tried; `None` when nothing is
+    /// pickable now.
+    fn next(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+        match self {
+            Route::Any => shared.pick(),
+            Route::Tracked(tried) => {
+                let endpoint = tried.pick(shared).or_else(|| shared.pick())?;
+                tried.add(endpoint.addr);
+                Some(endpoint)
+            }
+            Route::Hedge { tried, first } => {
+                let endpoint = first.take().or_else(|| tried.pick(shared))?;
+                tried.add(endpoint.addr);
+                Some(endpoint)
+            }
+        }
+    }
+
+    /// A hedge does not wait for endpoints: its request is still running.
+    fn may_wait(&self) -> bool {
+        !matches!(self, Route::Hedge { .. })
+    }
+}
+
+// ===== impl Tried =====
+
+impl Tried {
+    /// Records that a copy of the request went to `addr`.
+    pub(crate) fn add(&self, addr: SocketAddr) {
+        let mut tried = lock(&self.0);
+        if !tried.contains(&addr) {
+            tried.push(addr);
+        }
+    }
+
+    /// P2C among the endpoints no copy of the request went to.
+    pub(crate) fn pick<S>(&self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+        shared.pick_avoiding(&lock(&self.0))
+    }
+}
 
 /// Serves one request through `balancer`.
 ///
@@ -31,6 +104,7 @@ use crate::not_sent::NotSent;
 pub(crate) async fn dispatch<Req, S, C>(
     balancer: Balancer<Req, S, C>,
     mut request: Req,
+    mut route: Route<S>,
 ) -> Result<C::Output, BalanceError>
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
@@ -43,9 +117,12 @@ where
     let mut retries = 0;
     let mut deadline = None;
     loop {
-        let endpoint = match balancer.shared.pick() {
+        let endpoint = match route.next(&balancer.shared) {
             Some(endpoint) => endpoint,
-            None => wait_for_endpoint(&balancer, &mut deadline).await?,
+            None if route.may_wait() => {
+                wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
+            }
+            None => return Err(no_other_endpoint(&balancer)),
         };
         let addr = endpoint.addr;
         crate::metrics::record_endpoint(addr);
@@ -171,6 +248,7 @@ impl Drop for Abandoned<'_> {
 async fn wait_for_endpoint<Req, S, C>(
     balancer: &Balancer<Req, S, C>,
     deadline: &mut Option<Instant>,
+    route: &mut Route<S>,
 ) -> Result<Arc<Endpoint<S>>, BalanceError> {
     let timeout = balancer.config.failfast_timeout;
     let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
@@ -178,7 +256,7 @@ async fn wait_for_endpoint<Req, S, C>(
         // Register before looking, so that a snapshot published in between wakes us.
         let mut changed = pin!(balancer.shared.changed().notified());
         changed.as_mut().enable();
-        if let Some(endpoint) = balancer.shared.pick() {
+        if let Some(endpoint) = route.next(&balancer.shared) {
             return Ok(endpoint);
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -196,6 +274,17 @@ async fn wait_for_endpoint<Req, S, C>(
                 waited: timeout,
             });
         }
+    }
+}
+
+/// A hedge found no pod its request was not already sent to. Never seen by
+/// a caller: the request the hedge copies is still running, and its own
+/// answer (or error) is returned.
+fn no_other_endpoint<Req, S, C>(balancer: &Balancer<Req, S, C>) -> BalanceError {
+    BalanceError::NoEndpoints {
+        target: balancer.config.target.clone(),
+        last_error: Some("no other endpoint for a hedged request".to_owned()),
+        waited: std::time::Duration::ZERO,
     }
 }
 

@@ -14,8 +14,8 @@ use tower::discover::Discover;
 
 use super::builder::{Builder, Config};
 use super::completion::{CompleteOnResponse, Completion};
-use super::dispatch::dispatch;
-use super::endpoint::EndpointStats;
+use super::dispatch::{Route, Tried, dispatch};
+use super::endpoint::{Endpoint, EndpointStats};
 use super::snapshot::Shared;
 use super::task;
 use crate::error::BalanceError;
@@ -109,6 +109,48 @@ where
     }
 }
 
+impl<Req, S, C> Balancer<Req, S, C>
+where
+    S: tower::Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+    C: Completion<S::Response>,
+    C::Output: Send + 'static,
+{
+    /// Sends `request` to an endpoint `route` allows, in a `request` span of its own.
+    pub(crate) fn call_routed(&self, request: Req, route: Route<S>) -> ResponseFuture<C::Output> {
+        let span = crate::metrics::request_span(&self.config.target);
+        Box::pin(tracing::Instrument::instrument(
+            dispatch(self.clone(), request, route),
+            span,
+        ))
+    }
+
+    /// Sends `request` to `endpoint` (a hedge picked with [`pick_avoiding`](Self::pick_avoiding)),
+    /// retrying a never-sent attempt only on endpoints outside `tried`.
+    pub(crate) fn call_hedge(
+        &self,
+        request: Req,
+        tried: Arc<Tried>,
+        endpoint: Arc<Endpoint<S>>,
+    ) -> ResponseFuture<C::Output> {
+        tried.add(endpoint.addr);
+        let route = Route::Hedge {
+            tried,
+            first: Some(endpoint),
+        };
+        self.call_routed(request, route)
+    }
+}
+
+impl<Req, S, C> Balancer<Req, S, C> {
+    /// P2C among the endpoints outside `tried`: where a hedge would go now.
+    pub(crate) fn pick_avoiding(&self, tried: &Tried) -> Option<Arc<Endpoint<S>>> {
+        tried.pick(&self.shared)
+    }
+}
+
 impl<Req, S, C> tower::Service<Req> for Balancer<Req, S, C>
 where
     S: tower::Service<Req> + Clone + Send + Sync + 'static,
@@ -128,11 +170,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let span = crate::metrics::request_span(&self.config.target);
-        Box::pin(tracing::Instrument::instrument(
-            dispatch(self.clone(), request),
-            span,
-        ))
+        self.call_routed(request, Route::Any)
     }
 }
 

@@ -70,6 +70,7 @@ pub use self::builder::{
     DEFAULT_FAILFAST_TIMEOUT, DEFAULT_FAILURE_ACCRUAL, DEFAULT_MAX_RETRIES, DEFAULT_RTT,
 };
 pub use self::completion::{CompleteOnResponse, Completion, PendingGuard};
+pub(crate) use self::dispatch::{Route, Tried};
 pub(crate) use self::endpoint::Load;
 pub use self::endpoint::{EndpointState, EndpointStats};
 pub(crate) use self::guarded_body::GuardedBody;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::endpoint::{Endpoint, EndpointState};
+use super::endpoint::Endpoint;
 
 /// How many random pairs a pick draws before it scans for a pickable endpoint.
 ///
@@ -34,13 +34,18 @@ pub(crate) fn pick_pair(len: usize, rng: &mut fastrand::Rng) -> (usize, usize) {
     (a, b)
 }
 
-/// Picks the less loaded of two random endpoints among `candidates` whose
-/// state passes `pickable`; O(1) unless most candidates went stale.
+/// Picks the less loaded of two random endpoints among `candidates` that
+/// `pickable` accepts (by state, and for a hedge by address); O(1) unless
+/// most candidates went stale or are excluded.
+///
+/// `pickable` is a generic closure, not a function pointer, so that the
+/// common pick (by state alone) compiles to the same code as a plain state
+/// check.
 pub(crate) fn p2c<S>(
     candidates: &[Arc<Endpoint<S>>],
-    pickable: fn(EndpointState) -> bool,
+    pickable: impl Fn(&Endpoint<S>) -> bool,
 ) -> Option<&Arc<Endpoint<S>>> {
-    let ok = |e: &Arc<Endpoint<S>>| pickable(e.state());
+    let ok = |e: &Arc<Endpoint<S>>| pickable(e);
     match candidates.len() {
         0 => None,
         1 => candidates.first().filter(|e| ok(e)),

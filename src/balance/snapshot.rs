@@ -67,12 +67,20 @@ impl<S> Snapshot<S> {
 
     /// P2C over the ready endpoints; in panic mode over all backing-off ones.
     fn pick(&self) -> Option<Arc<Endpoint<S>>> {
-        if let Some(e) = p2c(&self.ready, |s| s == EndpointState::Ready) {
+        self.pick_if(|_| true)
+    }
+
+    /// [`pick`](Self::pick) among the endpoints whose address `allowed`
+    /// accepts: a hedge must go to a pod its request has not been sent to.
+    fn pick_if(&self, allowed: impl Fn(SocketAddr) -> bool) -> Option<Arc<Endpoint<S>>> {
+        let ready = |e: &Endpoint<S>| e.state() == EndpointState::Ready && allowed(e.addr);
+        if let Some(e) = p2c(&self.ready, ready) {
             return Some(e.clone());
         }
         if self.panic {
-            let picked = p2c(&self.all, |s| {
-                matches!(s, EndpointState::Ready | EndpointState::Backoff)
+            let picked = p2c(&self.all, |e| {
+                matches!(e.state(), EndpointState::Ready | EndpointState::Backoff)
+                    && allowed(e.addr)
             });
             if let Some(e) = picked {
                 tracing::debug!(endpoint = %e.addr, "every endpoint is backing off: panic-mode pick");
@@ -97,6 +105,11 @@ impl<S> Shared<S> {
     /// Picks an endpoint from the current snapshot, if any is pickable.
     pub(crate) fn pick(&self) -> Option<Arc<Endpoint<S>>> {
         self.snapshot.load().pick()
+    }
+
+    /// Picks an endpoint whose address is not in `avoid`, if any is pickable.
+    pub(crate) fn pick_avoiding(&self, avoid: &[SocketAddr]) -> Option<Arc<Endpoint<S>>> {
+        self.snapshot.load().pick_if(|addr| !avoid.contains(&addr))
     }
 
     /// Replaces the snapshot and wakes every request waiting for an endpoint.

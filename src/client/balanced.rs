@@ -1,10 +1,12 @@
 //! [`Balanced`]: discovery and a balancer over per-pod services, as one `tower::Service`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::BoxError;
 
+use super::hedge::Hedging;
 use crate::balance::{Balancer, Completion, ResponseFuture};
 use crate::discover::Discovery;
 use crate::error::BalanceError;
@@ -18,9 +20,15 @@ use crate::stats::Stats;
 /// client and the gRPC channel wrap one. Always ready: requests wait for a
 /// pod inside their future, at most `failfast_timeout`. Clones share the
 /// pods' services and the balancer.
+///
+/// It does not hedge: a [`HedgePolicy`](super::HedgePolicy) applies to the
+/// HTTP client and the gRPC channel, which know how to copy their requests;
+/// an arbitrary `Req` may not be copyable.
 pub struct Balanced<Req, S, K> {
     pub(crate) balancer: Balancer<Req, S, K>,
     pub(crate) discovery: Discovery,
+    /// The client's hedging, when it has a policy.
+    pub(crate) hedging: Option<Arc<Hedging>>,
 }
 
 // ===== impl Balanced =====
@@ -31,6 +39,7 @@ impl<Req, S, K> Balanced<Req, S, K> {
         Stats {
             endpoints: self.balancer.stats(),
             discovery: self.discovery.stats(),
+            hedging: self.hedging.as_ref().map(|h| h.stats()),
         }
     }
 
@@ -73,6 +82,7 @@ impl<Req, S, K: Clone> Clone for Balanced<Req, S, K> {
         Self {
             balancer: self.balancer.clone(),
             discovery: self.discovery.clone(),
+            hedging: self.hedging.clone(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tower::layer::util::{Identity, Stack};
 
 use super::balanced::Balanced;
+use super::hedge::{self, HedgePolicy, Hedging};
 use crate::balance::{self, Balancer, Completion};
 use crate::discover::{Discovery, DnsDiscover, EmptyAnswer, RefreshPolicy};
 use crate::endpoint::{Endpoint, Layered, MakeEndpoint};
@@ -67,6 +68,11 @@ pub(crate) struct Settings {
     /// The name every pod's certificate is checked against, instead of the
     /// target's host (`tls_server_name`).
     pub(crate) server_name: Option<Arc<str>>,
+    /// Hedging: off without a policy.
+    pub(crate) hedge: Option<HedgePolicy>,
+    /// gRPC: the methods hedged by default, as the user wrote them
+    /// (checked at build).
+    pub(crate) hedge_grpc_methods: Vec<String>,
 }
 
 /// The `tower::Service<SocketAddr>` that [`DnsDiscover`] calls: the user's
@@ -91,6 +97,8 @@ impl<P> Builder<P> {
                 resolver: None,
                 request_timeout: None,
                 server_name: None,
+                hedge: None,
+                hedge_grpc_methods: Vec::new(),
             },
             connector: TcpConnector::new(),
             layer: Identity::new(),
@@ -357,6 +365,34 @@ impl<P, C, L> Builder<P, C, L> {
         self
     }
 
+    // ----- hedging -----
+
+    /// Hedges slow idempotent requests with `policy`: when a request has no
+    /// answer after the policy's delay, a copy goes to another pod (chosen
+    /// by the same P2C rule among the pods the request has not gone to),
+    /// the first answer is returned and the other copy is cancelled
+    /// \[off\].
+    ///
+    /// Only requests that may be sent twice are hedged: HTTP GET, HEAD and
+    /// OPTIONS, gRPC methods listed with
+    /// [`hedge_grpc_methods`](Builder::hedge_grpc_methods), and any request
+    /// marked [`Idempotent(true)`](super::Idempotent); and only with a body
+    /// that can be copied (HTTP: empty, or a `Full<Bytes>` or `String` of at
+    /// most [`MAX_HEDGE_BODY`](super::MAX_HEDGE_BODY) bytes; gRPC: at most
+    /// 64 KiB). The policy's budget caps the extra requests. A hedge never
+    /// turns a success into a failure: an error of one copy is ignored
+    /// while the other runs. Counts in [`Stats::hedging`](crate::Stats::hedging)
+    /// and, with cargo feature `metrics`, `headless_lb_hedges_total`,
+    /// `headless_lb_hedges_won_total` and `headless_lb_hedges_refused_total`.
+    ///
+    /// `build` fails with [`BuildError::Hedge`] for a budget outside 0..=1
+    /// or a percentile outside (0, 1]. Applies to the HTTP client and the
+    /// gRPC channel, not to [`build_with`](Self::build_with)'s service.
+    pub fn hedge(mut self, policy: HedgePolicy) -> Self {
+        self.settings.hedge = Some(policy);
+        self
+    }
+
     // ----- building -----
 
     /// Starts discovery and a balancer for `target` over per-pod services
@@ -423,6 +459,8 @@ where
     <M::Service as tower::Service<Req>>::Future: Send,
     K: Completion<<M::Service as tower::Service<Req>>::Response>,
 {
+    // Checked first: a build that fails starts nothing.
+    let hedging = hedging(settings.hedge.as_ref(), &settings.hedge_grpc_methods)?;
     let resolver = match settings.resolver {
         Some(resolver) => resolver,
         None => {
@@ -468,7 +506,25 @@ where
     Ok(Balanced {
         balancer,
         discovery,
+        hedging,
     })
+}
+
+/// The hedging state for `policy`, after checking it and the gRPC methods;
+/// `None` without a policy.
+fn hedging(
+    policy: Option<&HedgePolicy>,
+    grpc_methods: &[String],
+) -> Result<Option<Arc<Hedging>>, BuildError> {
+    let methods = grpc_methods
+        .iter()
+        .map(|m| hedge::grpc_method(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    policy.validate()?;
+    Ok(Some(Arc::new(Hedging::new(policy, methods))))
 }
 
 /// The name every pod of `target` presents: the host without `_service._proto.`
@@ -494,6 +550,8 @@ impl<P, C, L: fmt::Debug> fmt::Debug for Builder<P, C, L> {
             .field("refresh", &self.settings.refresh)
             .field("nameservers", &self.settings.nameservers)
             .field("request_timeout", &self.settings.request_timeout)
+            .field("hedge", &self.settings.hedge)
+            .field("hedge_grpc_methods", &self.settings.hedge_grpc_methods)
             .field("layer", &self.layer)
             .finish_non_exhaustive()
     }

@@ -18,10 +18,23 @@
 //! [`MakeEndpoint`](crate::MakeEndpoint) and
 //! [`Completion`](crate::balance::Completion), for a per-pod service of your
 //! own behind the same discovery and balancer.
+//!
+//! Hedging ([`HedgePolicy`], set with [`Builder::hedge`]) lives here too:
+//! the race between a slow request and its copy, the budget and the delay
+//! estimate; the balancer only picks the copy's pod away from the pods
+//! already tried.
 
 mod balanced;
 mod builder;
+mod hedge;
 
 pub use self::balanced::Balanced;
 pub(crate) use self::builder::start as builder_start;
 pub use self::builder::{Builder, Grpc, Http};
+pub use self::hedge::{
+    DEFAULT_HEDGE_BUDGET, DEFAULT_HEDGE_BURST, DEFAULT_HEDGE_MIN_DELAY, DEFAULT_HEDGE_PERCENTILE,
+    HedgePolicy, HedgePolicyError, HedgeStats, Idempotent, MAX_HEDGE_BODY,
+};
+#[cfg(feature = "tonic")]
+pub(crate) use self::hedge::{Hedging, race};
+pub(crate) use self::hedge::{copy_body, send as send_hedged};

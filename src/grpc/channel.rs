@@ -1,18 +1,22 @@
 //! [`Channel`]: the balanced gRPC channel, from a target string to a service tonic clients accept.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::Either;
 use tower::layer::util::Identity;
 
 use super::body::{CompleteOnStreamEnd, ResponseBody};
 use super::replay::{self, Replay};
 use super::{deadline, status};
+use crate::balance::{Balancer, Route, Tried};
 use crate::client::builder_start as start;
-use crate::client::{Balanced, Builder, Grpc};
+use crate::client::{Balanced, Builder, Grpc, Hedging, Idempotent, race};
 use crate::discover::Discovery;
 use crate::error::BuildError;
 use crate::http::{Connect, HttpEndpoint, HttpService, Protocol, TcpConnector};
@@ -81,6 +85,34 @@ impl<C, L> Builder<Grpc, C, L> {
     /// the deadline as `grpc-timeout`, so the pod can give up too.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The gRPC methods a [`hedge`](Builder::hedge) policy applies to, as
+    /// full paths `/package.Service/Method`, or `/package.Service/*` for all
+    /// of a service's methods \[none\]. Replaces the list set before.
+    ///
+    /// List only methods that may run twice with the effect of once (reads,
+    /// idempotent writes): a hedged RPC may reach two pods. A single RPC can
+    /// also be marked with an [`Idempotent`] extension, which overrides the
+    /// list either way. `build` fails with
+    /// [`BuildError::Hedge`] for a name that is not such a path.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use headless_lb::{HedgePolicy, grpc::Channel};
+    ///
+    /// let builder = Channel::builder()
+    ///     .hedge(HedgePolicy::after(Duration::from_millis(20)))
+    ///     .hedge_grpc_methods(["/shop.Catalog/GetItem", "/grpc.health.v1.Health/*"]);
+    /// # let _ = builder;
+    /// ```
+    pub fn hedge_grpc_methods<I>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.settings.hedge_grpc_methods = methods.into_iter().map(Into::into).collect();
         self
     }
 
@@ -162,21 +194,35 @@ impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for
     ///
     /// An RPC that a pod refused unprocessed (a graceful shutdown's GOAWAY
     /// crossed it) goes to another pod, with its recorded body, once.
+    ///
+    /// With a [`hedge`](Builder::hedge) policy, an RPC of a method listed in
+    /// [`hedge_grpc_methods`](Builder::hedge_grpc_methods) (or marked
+    /// [`Idempotent(true)`](Idempotent)) that has no answer after the hedge
+    /// delay is also sent to a second pod, and the first answer is returned.
     fn call(&mut self, mut request: http::Request<RequestBody>) -> ResponseFuture {
         let deadline = deadline::effective(&mut request, self.default_timeout);
+        let hedging = self.inner.hedging.as_ref().and_then(|hedging| {
+            hedging.deposit();
+            hedgeable(hedging, &request).then(|| hedging.clone())
+        });
         let (replay, request) = Replay::record(request);
-        let mut balancer = self.inner.balancer.clone();
-        let call = async move {
-            let first = tower::Service::call(&mut balancer, request).await;
-            match first {
-                Err(err) if replay::refused_unprocessed(&err) => match replay.again() {
-                    Some(again) => {
-                        tracing::debug!(%err, "RPC refused unprocessed; sending it to another pod");
-                        tower::Service::call(&mut balancer, again).await
-                    }
-                    None => Err(err),
-                },
-                other => other,
+        let balancer = self.inner.balancer.clone();
+        let call = match hedging {
+            None => Either::Left(send(balancer, request, replay, None)),
+            Some(hedging) => {
+                // The hedge is the recorded RPC again: sent only if the
+                // body was recorded whole by the time the delay is up.
+                let replay = Arc::new(replay);
+                let tried = Arc::new(Tried::default());
+                let primary = send(
+                    balancer.clone(),
+                    request,
+                    replay.clone(),
+                    Some(tried.clone()),
+                );
+                Either::Right(race(hedging, balancer, tried, primary, move || {
+                    replay.again()
+                }))
             }
         };
         let Some(after) = deadline else {
@@ -191,6 +237,39 @@ impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for
                 ))),
             }
         })
+    }
+}
+
+/// True when `request` may be hedged: marked [`Idempotent`], or unmarked
+/// and of a method the channel hedges.
+fn hedgeable(hedging: &Hedging, request: &http::Request<RequestBody>) -> bool {
+    match request.extensions().get::<Idempotent>() {
+        Some(Idempotent(marked)) => *marked,
+        None => hedging.hedges_grpc_method(request.uri().path()),
+    }
+}
+
+/// Sends the RPC through `balancer` (recording its pods in `tried` when it
+/// may be hedged); an RPC that a pod refused unprocessed (a graceful
+/// shutdown's GOAWAY crossed it) goes to another pod, with its recorded
+/// body, once.
+async fn send<S: HttpService<RequestBody>>(
+    balancer: Balancer<http::Request<RequestBody>, S, CompleteOnStreamEnd>,
+    request: http::Request<RequestBody>,
+    replay: impl Borrow<Replay>,
+    tried: Option<Arc<Tried>>,
+) -> Result<http::Response<ResponseBody>, crate::BalanceError> {
+    let route = || tried.clone().map_or(Route::Any, Route::Tracked);
+    let first = balancer.call_routed(request, route()).await;
+    match first {
+        Err(err) if replay::refused_unprocessed(&err) => match replay.borrow().again() {
+            Some(again) => {
+                tracing::debug!(%err, "RPC refused unprocessed; sending it to another pod");
+                balancer.call_routed(again, route()).await
+            }
+            None => Err(err),
+        },
+        other => other,
     }
 }
 

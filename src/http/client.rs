@@ -15,8 +15,9 @@ use tower::layer::util::Identity;
 use super::body::{Body, CompleteOnBodyEnd};
 use super::endpoint::{HttpEndpoint, Protocol};
 use super::{BoxError, Connect, RequestBody, TcpConnector};
+use crate::balance::Route;
 use crate::client::builder_start as start;
-use crate::client::{Balanced, Builder, Http};
+use crate::client::{Balanced, Builder, Http, Idempotent, copy_body, send_hedged};
 use crate::discover::Discovery;
 use crate::error::{BuildError, RequestError};
 use crate::stats::Stats;
@@ -178,10 +179,21 @@ where
     B: RequestBody,
     S: HttpService<B>,
 {
-    /// Sends `request` to one pod and returns its response.
+    /// Sends `request` to one pod and returns its response; with a
+    /// [`HedgePolicy`](crate::HedgePolicy), a slow idempotent request also
+    /// to a second pod, returning the first answer.
     pub fn request(&self, request: http::Request<B>) -> ResponseFuture {
-        let mut inner = self.inner.clone();
-        let call = tower::Service::call(&mut inner, request);
+        let balancer = &self.inner.balancer;
+        let call = match &self.inner.hedging {
+            None => balancer.call_routed(request, Route::Any),
+            Some(hedging) => {
+                hedging.deposit();
+                match hedge_copy(&request) {
+                    Some(copy) => send_hedged(hedging.clone(), balancer, request, copy),
+                    None => balancer.call_routed(request, Route::Any),
+                }
+            }
+        };
         let Some(after) = self.request_timeout else {
             return Box::pin(async move { Ok(call.await?) });
         };
@@ -193,6 +205,30 @@ where
             }
         })
     }
+}
+
+/// A copy of `request` for a hedge, if it may be sent twice: marked
+/// [`Idempotent(true)`](Idempotent), or unmarked with a method that only
+/// reads (GET, HEAD, OPTIONS; PUT and DELETE are idempotent but change
+/// state, so a user says so), and with a body that can be copied.
+fn hedge_copy<B: RequestBody>(request: &http::Request<B>) -> Option<http::Request<B>> {
+    let hedgeable = match request.extensions().get::<Idempotent>() {
+        Some(Idempotent(marked)) => *marked,
+        None => matches!(
+            *request.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        ),
+    };
+    if !hedgeable {
+        return None;
+    }
+    let mut copy = http::Request::new(copy_body(request.body())?);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }
 
 impl<B, S> Client<B, S>
