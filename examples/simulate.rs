@@ -238,9 +238,7 @@ fn main() -> ExitCode {
         );
         println!("|---|--:|--:|--:|--:|");
         if skip_none {
-            println!(
-                "| none | not run: {none_endpoints} endpoints (over {NONE_LIMIT}) | | | |"
-            );
+            println!("| none | not run: {none_endpoints} endpoints (over {NONE_LIMIT}) | | | |");
         }
         for o in &outcomes {
             println!(
