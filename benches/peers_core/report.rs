@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::contenders::Kind;
 use super::load::{OpenSummary, Summary, round};
-use super::scenarios::protocol_name;
+use super::scenarios::{
+    OPEN_BOUND, OPEN_CAPACITY, OPEN_DELAY, PAUSE, PAUSE_EVERY, QUARTER_CAPACITY, protocol_name,
+};
 
 /// Everything one run measured.
 #[derive(Debug, Default, Serialize)]
@@ -698,13 +700,17 @@ impl Report {
         let _ = writeln!(
             md,
             "### 7. Pauses on every pod (gRPC, open loop)\n\n\
-             Four gRPC pods, each serving at most 2 requests at once in 2 ms \
-             (capacity measured with ours at 64 in flight: {:.0} req/s), each pausing \
-             80 ms at Poisson times 2 s apart on average; open loop at half the \
-             capacity, {:.0} req/s, latency from each request's intended start. \
-             The fixed hedge delay is the reference row's p95 rounded up: {} ms. \
-             `sent`: requests sent in the measured window; `extra`: hedges sent / requests sent.\n",
+             Four gRPC pods, each serving at most {OPEN_CAPACITY} requests at once in \
+             {} ms (capacity measured with ours at 64 in flight: {:.0} req/s), each \
+             pausing {} ms at Poisson times {} s apart on average; open loop at half \
+             the capacity, {:.0} req/s, latency from each request's intended start, \
+             at most {OPEN_BOUND} in flight. The fixed hedge delay is the reference \
+             row's p95 rounded up: {} ms. `sent`: requests sent in the measured \
+             window; `extra`: hedges sent / requests sent.\n",
+            OPEN_DELAY.as_millis(),
             section.capacity_rps,
+            PAUSE.as_millis(),
+            PAUSE_EVERY.as_secs_f64(),
             section.rate,
             opt(section.hedge_after_ms, 1)
         );
@@ -718,12 +724,18 @@ impl Report {
         let _ = writeln!(
             md,
             "### 8. One pod at a quarter of the others' capacity (HTTP/1.1, open loop)\n\n\
-             Four HTTP pods answering in 2 ms, three serving at most 4 requests at \
-             once and the first at most 1 (capacity measured with ours at 64 in \
-             flight: {:.0} req/s); open loop at half the capacity, {:.0} req/s, for each \
-             contender on fresh pods. `pod 1 share`: the starved pod's share of the \
-             answers (its capacity is 1/13 ≈ 7.7 % of the total).\n",
-            section.capacity_rps, section.rate
+             Four HTTP pods answering in {} ms, three serving at most \
+             {QUARTER_CAPACITY} requests at once and the first at most {} (capacity \
+             measured with ours at 64 in flight: {:.0} req/s); open loop at half the \
+             capacity, {:.0} req/s, at most {OPEN_BOUND} in flight, for each contender \
+             on fresh pods. `pod 1 share`: the starved pod's share of the answers \
+             (its capacity is {:.1} % of the four pods').\n",
+            OPEN_DELAY.as_millis(),
+            QUARTER_CAPACITY / 4,
+            section.capacity_rps,
+            section.rate,
+            100.0 * (QUARTER_CAPACITY / 4) as f64
+                / (3 * QUARTER_CAPACITY + QUARTER_CAPACITY / 4) as f64
         );
         open_table(md, &section.rows, true);
     }

@@ -583,20 +583,20 @@ fn sample_shares(cluster: &Cluster, t0: Instant, stop: &AtomicBool) -> Vec<(f64,
 // ===== 7 and 8: open loop on pods of known capacity =====
 
 /// Each pod of scenarios 7 and 8 serves at most this many requests at once…
-const OPEN_CAPACITY: usize = 2;
+pub const OPEN_CAPACITY: usize = 2;
 /// …each taking this long, so that its capacity is bounded and known.
-const OPEN_DELAY: Duration = Duration::from_millis(2);
+pub const OPEN_DELAY: Duration = Duration::from_millis(2);
 /// Scenario 8's pods serve twice as many at once, and the starved one a quarter of that.
-const QUARTER_CAPACITY: usize = 4;
+pub const QUARTER_CAPACITY: usize = 4;
 /// The open loop's bound on requests in flight; beyond it, overload errors.
-const OPEN_BOUND: usize = 1024;
+pub const OPEN_BOUND: usize = 1024;
 /// Scenario 7's stop-the-world pauses: this long…
-const PAUSE: Duration = Duration::from_millis(80);
+pub const PAUSE: Duration = Duration::from_millis(80);
 /// …starting at Poisson times this far apart on average, on every pod.
-const PAUSE_EVERY: Duration = Duration::from_secs(2);
+pub const PAUSE_EVERY: Duration = Duration::from_secs(2);
 /// Hedges a hedged contender may send at once (at least the requests in
 /// flight on one pod, which a pause holds together).
-const HEDGE_BURST: u32 = 32;
+pub const HEDGE_BURST: u32 = 32;
 
 /// Requests/s that `kind` gets through `cluster` with 64 in flight: the
 /// pods' capacity as a balancer that spreads load can use it.
