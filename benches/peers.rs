@@ -3,8 +3,8 @@
 //! on stdout and writes it, with the same data as JSON, to files.
 //!
 //! ```text
-//! cargo bench --all-features --bench peers                 # about 8 minutes
-//! cargo bench --all-features --bench peers -- --quick      # smoke run, ~40 s
+//! cargo bench --all-features --bench peers                 # about 5½ minutes
+//! cargo bench --all-features --bench peers -- --quick      # smoke run, ~80 s
 //!     [--markdown PATH] [--json PATH] [--scenarios 1,2,…]
 //! ```
 //!
