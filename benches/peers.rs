@@ -3,16 +3,19 @@
 //! on stdout and writes it, with the same data as JSON, to files.
 //!
 //! ```text
-//! cargo bench --all-features --bench peers                 # about 4 minutes
-//! cargo bench --all-features --bench peers -- --quick      # smoke run, ~40 s
+//! cargo bench --all-features --bench peers                 # about 5½ minutes
+//! cargo bench --all-features --bench peers -- --quick      # smoke run, ~80 s
 //!     [--markdown PATH] [--json PATH] [--scenarios 1,2,…]
 //! ```
 //!
-//! Defaults: `target/peers/report.md` and `target/peers/report.json`.
+//! Defaults: `target/peers/report.md` and `target/peers/report.json`; SVG
+//! plots go next to them (`target/peers/*.svg`).
 //! `cargo bench --all-features` runs `benches/balance.rs` first, whose
 //! criterion results scenario 6 reads. Scenarios (see BENCHMARKS.md):
 //! 1 healthy pods, 2 one slow pod, 3 a pod killed, 4 scale-up, 5 DNS load of
-//! an idle client, 6 pick cost, handle throughput and memory per endpoint.
+//! an idle client, 6 pick cost, handle throughput and memory per endpoint,
+//! 7 pauses on every pod (open loop, hedging), 8 one pod at a quarter of the
+//! others' capacity (open loop).
 
 #[path = "peers_core/mod.rs"]
 mod peers_core;
@@ -46,9 +49,9 @@ fn main() -> ExitCode {
                     .map(str::parse::<u8>)
                     .collect::<Result<Vec<_>, _>>()
                 {
-                    Ok(v) if v.iter().all(|n| (1..=6).contains(n)) => scenarios = Some(v),
+                    Ok(v) if v.iter().all(|n| (1..=8).contains(n)) => scenarios = Some(v),
                     _ => {
-                        eprintln!("error: --scenarios takes numbers 1 to 6, e.g. 1,2");
+                        eprintln!("error: --scenarios takes numbers 1 to 8, e.g. 1,7");
                         return ExitCode::from(2);
                     }
                 }
@@ -79,6 +82,14 @@ fn main() -> ExitCode {
             eprintln!("peers: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
+    }
+    match peers_core::plots::write_all(&report, &out) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("peers: wrote {}", path.display());
+            }
+        }
+        Err(e) => eprintln!("peers: cannot write the plots: {e}"),
     }
     eprintln!(
         "peers: done in {:.0} s; wrote {} and {}",

@@ -140,6 +140,30 @@ impl Pods {
         }
     }
 
+    /// At most `capacity` requests served at once by pod `i`; the rest queue.
+    pub fn set_capacity(&self, i: usize, capacity: Option<usize>) {
+        match self {
+            Pods::Http(p) => p[i].set_capacity(capacity),
+            Pods::Grpc(p) => p[i].set_capacity(capacity),
+        }
+    }
+
+    /// Stop-the-world pauses of `pause` on pod `i`, at Poisson times `every` apart on average.
+    pub fn set_pauses(&self, i: usize, every: Duration, pause: Duration) {
+        match self {
+            Pods::Http(p) => p[i].set_pauses(every, pause),
+            Pods::Grpc(p) => p[i].set_pauses(every, pause),
+        }
+    }
+
+    /// Pauses pod `i` has started so far.
+    pub fn pauses(&self, i: usize) -> u64 {
+        match self {
+            Pods::Http(p) => p[i].pauses(),
+            Pods::Grpc(p) => p[i].pauses(),
+        }
+    }
+
     /// Crashes pod `i`: its listener closes and its connections drop.
     pub async fn kill(&self, i: usize) {
         match self {

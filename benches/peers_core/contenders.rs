@@ -9,6 +9,9 @@
 //! gRPC: our `grpc::Channel`, tonic's `Channel::balance_channel` fed by our
 //! `DnsDiscover`, and ginepro's `LoadBalancedChannel` (tonic 0.13, its own DNS
 //! probe every 10 s by default) looking names up at the same DNS server.
+//! Outside [`Kind::ALL`], for the open-loop scenarios: the tower stack over
+//! one tonic channel per pod, and our channel with a hedge policy
+//! ([`build_hedged`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,6 +47,11 @@ type TowerStack = tower::util::BoxCloneService<
     http::Response<hyper::body::Incoming>,
     tower::BoxError,
 >;
+type GrpcTowerStack = tower::util::BoxCloneService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tower::BoxError,
+>;
 
 /// The clients under comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +72,9 @@ pub enum Kind {
     GrpcTonic,
     /// ginepro's `LoadBalancedChannel`.
     GrpcGinepro,
+    /// `Buffer<Balance<PeakEwma<tonic Channel per pod>>>` fed by `DnsDiscover`
+    /// (not in [`Kind::ALL`]: the open-loop scenarios only).
+    GrpcTower,
 }
 
 impl Kind {
@@ -89,6 +100,7 @@ impl Kind {
             Kind::GrpcOurs => "headless-lb Channel",
             Kind::GrpcTonic => "tonic balance_channel",
             Kind::GrpcGinepro => "ginepro",
+            Kind::GrpcTower => "tower Buffer<Balance<PeakEwma>>",
         }
     }
 
@@ -99,7 +111,9 @@ impl Kind {
             | Kind::HttpRandom
             | Kind::HttpDirect
             | Kind::HttpTower => Protocol::Http,
-            Kind::GrpcOurs | Kind::GrpcTonic | Kind::GrpcGinepro => Protocol::Grpc,
+            Kind::GrpcOurs | Kind::GrpcTonic | Kind::GrpcGinepro | Kind::GrpcTower => {
+                Protocol::Grpc
+            }
         }
     }
 
@@ -149,8 +163,47 @@ fn sender<T: Clone + Send + 'static>(
 /// A built contender; dropping it stops the tasks it started.
 pub struct Contender {
     pub kind: Kind,
+    /// The name in tables: the kind's, or with its hedge policy.
+    pub label: String,
     pub sender: Box<dyn Sender>,
+    /// Our channel when it hedges, for its hedge counts.
+    pub hedged: Option<headless_lb::grpc::Channel>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Contender {
+    /// Hedges sent so far; None for a contender that does not hedge.
+    pub fn hedges_sent(&self) -> Option<u64> {
+        let channel = self.hedged.as_ref()?;
+        Some(channel.stats().hedging.map_or(0, |h| h.sent))
+    }
+}
+
+/// The gRPC method every contender calls; the hedged channel lists it.
+pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// Our `grpc::Channel` with `policy`, hedging [`HEALTH_CHECK`], named
+/// `label` in tables. Call inside the client's runtime.
+pub async fn build_hedged(
+    target: &str,
+    nameserver: SocketAddr,
+    policy: headless_lb::HedgePolicy,
+    label: String,
+) -> Result<Contender, String> {
+    let channel = headless_lb::grpc::Channel::builder()
+        .nameserver(nameserver)
+        .hedge(policy)
+        .hedge_grpc_methods([HEALTH_CHECK])
+        .build(target)
+        .map_err(|e| e.to_string())?;
+    first_endpoints(channel.discovery()).await?;
+    Ok(Contender {
+        kind: Kind::GrpcOurs,
+        label,
+        sender: sender(channel.clone(), |channel| Box::pin(check(channel))),
+        hedged: Some(channel),
+        tasks: Vec::new(),
+    })
 }
 
 impl Drop for Contender {
@@ -317,10 +370,37 @@ pub async fn build(kind: Kind, target: &str, nameserver: SocketAddr) -> Result<C
                 .map_err(|e| format!("ginepro: {e:#}"))?;
             sender(Ginepro(channel), |channel| Box::pin(check(channel)))
         }
+        Kind::GrpcTower => {
+            let discovery = discovery(&parsed, nameserver)?;
+            first_endpoints(&discovery).await?;
+            let origin: http::Uri = format!("http://{target}")
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            let discover = DnsDiscover::from_fn(discovery, move |addr: SocketAddr| {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("an address makes a URI")
+                    .origin(origin.clone())
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                // As the HTTP tower stack: 30 ms default RTT, 10 s decay.
+                tower::load::PeakEwma::new(
+                    channel,
+                    Duration::from_millis(30),
+                    Duration::from_secs(10).as_nanos() as f64,
+                    tower::load::CompleteOnResponse::default(),
+                )
+            });
+            let balance = tower::balance::p2c::Balance::new(discover);
+            let buffer = tower::buffer::Buffer::new(balance, 1024);
+            let buffer: GrpcTowerStack = tower::util::BoxCloneService::new(buffer);
+            sender(buffer, |buffer| Box::pin(check(buffer)))
+        }
     };
     Ok(Contender {
         kind,
+        label: kind.name().to_owned(),
         sender,
+        hedged: None,
         tasks,
     })
 }

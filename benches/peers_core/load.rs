@@ -126,3 +126,174 @@ pub fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }
+
+// ===== open loop =====
+
+/// Latencies are recorded in microseconds, from 1 µs to this many.
+const HISTOGRAM_MAX_US: u64 = 60_000_000;
+
+/// Sends requests at a fixed `rate` (requests/s) for `duration`, as wrk2
+/// does: request `i` is due at `start + i / rate` whether or not earlier
+/// ones have finished, and its latency counts from that intended start, so
+/// that the time a request waited behind a stall is measured instead of
+/// omitted (no coordinated omission). At most `bound` are in flight: a
+/// request due while that many are is not sent and counts as an overload
+/// error. Call inside the client's runtime.
+///
+/// The schedule runs on a blocking thread with the OS's timer rather than
+/// tokio's, whose 1 ms ticks would start every request up to a millisecond
+/// late (as in `examples/loadgen.rs`).
+pub async fn open_loop(
+    sender: Box<dyn Sender>,
+    rate: f64,
+    duration: Duration,
+    bound: usize,
+) -> OpenRun {
+    let runtime = tokio::runtime::Handle::current();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(bound));
+    let start = Instant::now();
+    let schedule = tokio::task::spawn_blocking(move || {
+        let mut sender = sender;
+        let mut run = OpenRun::new(rate, start);
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0u64.. {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due.saturating_duration_since(start) >= duration {
+                break;
+            }
+            let early = due.saturating_duration_since(Instant::now());
+            if !early.is_zero() {
+                std::thread::sleep(early);
+            }
+            run.intended += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                run.overload += 1;
+                continue;
+            };
+            let send = sender.send();
+            requests.spawn_on(
+                async move {
+                    let ok = tokio::time::timeout(REQUEST_TIMEOUT, send)
+                        .await
+                        .unwrap_or(false);
+                    let latency = due.elapsed();
+                    drop(permit);
+                    (latency, ok)
+                },
+                &runtime,
+            );
+            // Reap finished requests so that the set stays small.
+            while let Some(done) = requests.try_join_next() {
+                run.record(done);
+            }
+        }
+        (run, requests)
+    });
+    let (mut run, mut requests) = schedule.await.expect("the schedule panicked");
+    while let Some(done) = requests.join_next().await {
+        run.record(done);
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+/// What [`open_loop`] measured.
+pub struct OpenRun {
+    pub rate: f64,
+    pub start: Instant,
+    pub elapsed: Duration,
+    /// Requests due by the schedule.
+    pub intended: u64,
+    /// Requests not sent because `bound` were in flight.
+    pub overload: u64,
+    /// Sent requests that failed (error, non-OK, timeout).
+    pub failed: u64,
+    /// Latency from the intended start of every sent request, in µs.
+    pub histogram: hdrhistogram::Histogram<u64>,
+}
+
+impl OpenRun {
+    fn new(rate: f64, start: Instant) -> OpenRun {
+        OpenRun {
+            rate,
+            start,
+            elapsed: Duration::ZERO,
+            intended: 0,
+            overload: 0,
+            failed: 0,
+            histogram: hdrhistogram::Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3)
+                .expect("valid histogram bounds"),
+        }
+    }
+
+    fn record(&mut self, done: Result<(Duration, bool), tokio::task::JoinError>) {
+        match done {
+            Ok((latency, ok)) => {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.histogram.saturating_record(us.max(1));
+                if !ok {
+                    self.failed += 1;
+                }
+            }
+            Err(_) => self.failed += 1,
+        }
+    }
+
+    pub fn summary(&self) -> OpenSummary {
+        let h = &self.histogram;
+        let at = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                round(h.value_at_quantile(q) as f64 / 1e3, 3)
+            }
+        };
+        // Latency by percentile, x in "nines" (0 = p0, 1 = p90, 2 = p99, …)
+        // up to the resolution the number of samples allows.
+        let mut by_percentile = Vec::new();
+        if !h.is_empty() {
+            let top = (h.len() as f64).log10().floor().max(1.0);
+            let steps = (top * 20.0) as u32;
+            for k in 0..=steps {
+                let nines = f64::from(k) / 20.0;
+                by_percentile.push((round(nines, 2), at(1.0 - 10f64.powf(-nines))));
+            }
+            by_percentile.push((round(top + 0.5, 2), round(h.max() as f64 / 1e3, 3)));
+        }
+        OpenSummary {
+            rate: round(self.rate, 1),
+            intended: self.intended,
+            sent: h.len(),
+            errors: self.failed + self.overload,
+            overload: self.overload,
+            rps: round(h.len() as f64 / self.elapsed.as_secs_f64().max(1e-9), 1),
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: round(h.max() as f64 / 1e3, 3),
+            by_percentile,
+        }
+    }
+}
+
+/// An open-loop run's figures (HdrHistogram, 3 significant digits).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OpenSummary {
+    /// Requests/s asked for.
+    pub rate: f64,
+    pub intended: u64,
+    pub sent: u64,
+    /// Failed requests and overloaded ones.
+    pub errors: u64,
+    pub overload: u64,
+    /// Requests answered (or failed) per second of the run.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// `(nines, ms)`: latency at percentile `1 − 10^−nines`; the last point is the max.
+    pub by_percentile: Vec<(f64, f64)>,
+}

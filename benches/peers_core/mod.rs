@@ -26,6 +26,7 @@ pub mod follow;
 pub mod immediate;
 pub mod load;
 pub mod memory;
+pub mod plots;
 pub mod report;
 pub mod scenarios;
 

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::contenders::Kind;
-use super::load::{Summary, round};
-use super::scenarios::protocol_name;
+use super::load::{OpenSummary, Summary, round};
+use super::scenarios::{
+    OPEN_BOUND, OPEN_CAPACITY, OPEN_DELAY, PAUSE, PAUSE_EVERY, QUARTER_CAPACITY, protocol_name,
+};
 
 /// Everything one run measured.
 #[derive(Debug, Default, Serialize)]
@@ -19,6 +21,102 @@ pub struct Report {
     pub scale_up: Vec<ScaleUpRow>,
     pub dns_load: Vec<DnsRow>,
     pub scale: Option<ScaleRow>,
+    /// Scenario 7: pauses on every pod, open loop.
+    pub pauses: Option<OpenSection>,
+    /// Scenario 8: one pod at a quarter of the others' capacity, open loop.
+    pub quarter: Option<OpenSection>,
+    /// The issue's targets this run checks.
+    pub targets: Vec<Target>,
+}
+
+/// An open-loop scenario: the capacity measured, the rate sent, the rows.
+#[derive(Debug, Serialize)]
+pub struct OpenSection {
+    /// Requests/s ours got through the pods with 64 in flight.
+    pub capacity_rps: f64,
+    /// Requests/s sent: half of the capacity.
+    pub rate: f64,
+    /// The fixed hedge delay (near the healthy p95), when hedging runs.
+    pub hedge_after_ms: Option<f64>,
+    pub rows: Vec<OpenRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenRow {
+    pub contender: String,
+    pub protocol: String,
+    pub summary: Option<OpenSummary>,
+    /// Hedges sent in the measured window, for a contender that hedges.
+    pub hedges: Option<u64>,
+    /// Pauses the pods started in the measured window.
+    pub pauses: Option<u64>,
+    /// The first pod's share of the requests answered in the window.
+    pub first_pod_share: Option<f64>,
+    pub error: Option<String>,
+}
+
+impl OpenRow {
+    pub fn failed(contender: String, protocol: &str, error: String) -> OpenRow {
+        OpenRow {
+            contender,
+            protocol: protocol.to_owned(),
+            summary: None,
+            hedges: None,
+            pauses: None,
+            first_pod_share: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// Each pod's share of the answers over time, sampled at the pods.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareSeries {
+    /// `(end of the interval, s since the load started, each pod's share)`.
+    pub points: Vec<(f64, Vec<f64>)>,
+    /// When the kill or the DNS change happened, s since the load started.
+    pub event_s: f64,
+}
+
+impl ShareSeries {
+    pub fn new(points: Vec<(f64, Vec<f64>)>, event: std::time::Duration) -> ShareSeries {
+        ShareSeries {
+            points,
+            event_s: round(event.as_secs_f64(), 3),
+        }
+    }
+}
+
+/// One of the issue's targets: `measured / against ≤ bound`.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub scenario: u8,
+    pub what: String,
+    pub ratio: Option<f64>,
+    pub bound: f64,
+    pub met: Option<bool>,
+}
+
+impl Target {
+    pub fn ratio(
+        scenario: u8,
+        what: String,
+        measured: Option<f64>,
+        against: Option<f64>,
+        bound: f64,
+    ) -> Target {
+        let ratio = match (measured, against) {
+            (Some(m), Some(a)) if a > 0.0 => Some(round(m / a, 3)),
+            _ => None,
+        };
+        Target {
+            scenario,
+            what,
+            ratio,
+            bound,
+            met: ratio.map(|r| r <= bound),
+        }
+    }
 }
 
 /// Where and with what the run happened; read off the machine and Cargo.lock.
@@ -66,6 +164,7 @@ pub struct KillRow {
     /// How long the load went on after the kill.
     pub run_after_kill_ms: Option<f64>,
     pub summary: Option<Summary>,
+    pub shares_over_time: Option<ShareSeries>,
     pub error: Option<String>,
 }
 
@@ -80,6 +179,7 @@ pub struct ScaleUpRow {
     pub new_pod_share: Option<f64>,
     pub share_window_s: f64,
     pub errors: Option<u64>,
+    pub shares_over_time: Option<ShareSeries>,
     pub error: Option<String>,
 }
 
@@ -127,14 +227,16 @@ failed_ctor!(KillRow {
     failed: None,
     last_failure_ms: None,
     run_after_kill_ms: None,
-    summary: None
+    summary: None,
+    shares_over_time: None
 });
 failed_ctor!(ScaleUpRow {
     first_request_ms: None,
     gave_up_after_ms: 0.0,
     new_pod_share: None,
     share_window_s: 0.0,
-    errors: None
+    errors: None,
+    shares_over_time: None
 });
 failed_ctor!(DnsRow {
     queries_per_minute: None
@@ -339,6 +441,9 @@ impl Report {
         self.scale_up_md(&mut md);
         self.dns_md(&mut md);
         self.scale_md(&mut md);
+        self.pauses_md(&mut md);
+        self.quarter_md(&mut md);
+        self.targets_md(&mut md);
         md
     }
 
@@ -583,4 +688,126 @@ fn last_failure(row: &KillRow) -> String {
 
 fn is_ours(contender: &str) -> bool {
     contender == Kind::HttpOurs.name() || contender == Kind::GrpcOurs.name()
+}
+
+// ===== open loop =====
+
+impl Report {
+    fn pauses_md(&self, md: &mut String) {
+        let Some(section) = &self.pauses else {
+            return;
+        };
+        let _ = writeln!(
+            md,
+            "### 7. Pauses on every pod (gRPC, open loop)\n\n\
+             Four gRPC pods, each serving at most {OPEN_CAPACITY} requests at once in \
+             {} ms (capacity measured with ours at 64 in flight: {:.0} req/s), each \
+             pausing {} ms at Poisson times {} s apart on average; open loop at half \
+             the capacity, {:.0} req/s, latency from each request's intended start, \
+             at most {OPEN_BOUND} in flight. The fixed hedge delay is the reference \
+             row's p95 rounded up: {} ms. `sent`: requests sent in the measured \
+             window; `extra`: hedges sent / requests sent.\n",
+            OPEN_DELAY.as_millis(),
+            section.capacity_rps,
+            PAUSE.as_millis(),
+            PAUSE_EVERY.as_secs_f64(),
+            section.rate,
+            opt(section.hedge_after_ms, 1)
+        );
+        open_table(md, &section.rows, false);
+    }
+
+    fn quarter_md(&self, md: &mut String) {
+        let Some(section) = &self.quarter else {
+            return;
+        };
+        let _ = writeln!(
+            md,
+            "### 8. One pod at a quarter of the others' capacity (HTTP/1.1, open loop)\n\n\
+             Four HTTP pods answering in {} ms, three serving at most \
+             {QUARTER_CAPACITY} requests at once and the first at most {} (capacity \
+             measured with ours at 64 in flight: {:.0} req/s); open loop at half the \
+             capacity, {:.0} req/s, at most {OPEN_BOUND} in flight, for each contender \
+             on fresh pods. `pod 1 share`: the starved pod's share of the answers \
+             (its capacity is {:.1} % of the four pods').\n",
+            OPEN_DELAY.as_millis(),
+            QUARTER_CAPACITY / 4,
+            section.capacity_rps,
+            section.rate,
+            100.0 * (QUARTER_CAPACITY / 4) as f64
+                / (3 * QUARTER_CAPACITY + QUARTER_CAPACITY / 4) as f64
+        );
+        open_table(md, &section.rows, true);
+    }
+
+    fn targets_md(&self, md: &mut String) {
+        if self.targets.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "### Targets of issue #13 in this run\n\n\
+             | scenario | ratio | measured | target | |\n|--:|---|--:|--:|---|"
+        );
+        for t in &self.targets {
+            let mark = match t.met {
+                Some(true) => "pass",
+                Some(false) => "**miss**",
+                None => "—",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | ≤ {} | {} |",
+                t.scenario,
+                t.what,
+                opt(t.ratio, 2),
+                t.bound,
+                mark
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
+
+fn open_table(md: &mut String, rows: &[OpenRow], shares: bool) {
+    let _ = writeln!(
+        md,
+        "| contender | sent | p50 ms | p99 ms | p99.9 ms | max ms | errors (overload) | {} |",
+        if shares { "pod 1 share" } else { "extra" }
+    );
+    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for row in rows {
+        let s = row.summary.as_ref();
+        let last = if shares {
+            pct(row.first_pod_share)
+        } else {
+            match (row.hedges, s) {
+                (Some(h), Some(s)) if s.sent > 0 => {
+                    format!("{h} ({:.2} %)", 100.0 * h as f64 / s.sent as f64)
+                }
+                _ => "—".to_owned(),
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            name(&row.contender, &row.error),
+            s.map_or_else(|| "—".to_owned(), |s| s.sent.to_string()),
+            opt(s.map(|s| s.p50_ms), 2),
+            opt(s.map(|s| s.p99_ms), 2),
+            opt(s.map(|s| s.p999_ms), 2),
+            opt(s.map(|s| s.max_ms), 2),
+            s.map_or_else(
+                || "—".to_owned(),
+                |s| format!("{} ({})", s.errors, s.overload)
+            ),
+            last
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// Latency by percentile of a row, for the plots.
+pub fn curve(summary: &OpenSummary) -> &[(f64, f64)] {
+    &summary.by_percentile
 }

@@ -1,4 +1,5 @@
-//! The six scenarios of issue #6, each a function from options to rows.
+//! The six scenarios of issue #6 and the two open-loop ones of issue #13,
+//! each a function from options to rows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,10 +9,11 @@ use tokio::runtime::Runtime;
 
 use super::cluster::{self, Cluster, Protocol};
 use super::contenders::{self, Contender, Kind};
-use super::load::{Sample, Summary, drive, ms, round};
+use super::load::{OpenRun, Sample, Summary, drive, ms, open_loop, round};
 use super::memory;
 use super::report::{
-    DnsRow, KillRow, LoadRow, Meta, Report, ScaleRow, ScaleUpRow, SlowRow, criterion_figures,
+    DnsRow, KillRow, LoadRow, Meta, OpenRow, OpenSection, Report, ScaleRow, ScaleUpRow,
+    ShareSeries, SlowRow, Target, criterion_figures,
 };
 
 /// What to run, and how long.
@@ -19,7 +21,7 @@ use super::report::{
 pub struct Options {
     /// Short runs: a smoke test of the runner, not figures to publish.
     pub quick: bool,
-    /// Scenarios to run (1 to 6).
+    /// Scenarios to run (1 to 8).
     pub scenarios: Vec<u8>,
     /// Contenders to run (all by default).
     pub kinds: Vec<Kind>,
@@ -33,7 +35,7 @@ impl Options {
     pub fn new(quick: bool) -> Options {
         Options {
             quick,
-            scenarios: vec![1, 2, 3, 4, 5, 6],
+            scenarios: vec![1, 2, 3, 4, 5, 6, 7, 8],
             kinds: Kind::ALL.to_vec(),
             concurrencies: vec![1, 16, 64],
             pods: 4,
@@ -88,6 +90,13 @@ pub fn run(opts: &Options) -> Report {
     if wants(5) {
         report.dns_load = dns_load(opts, &pods_rt, &client_rt);
     }
+    if wants(7) {
+        report.pauses = pauses(opts, &pods_rt, &client_rt);
+    }
+    if wants(8) {
+        report.quarter = quarter(opts, &pods_rt, &client_rt);
+    }
+    report.targets = targets(&report);
     // The runtimes' tasks (pods, clients) end with them.
     client_rt.shutdown_timeout(Duration::from_secs(1));
     pods_rt.shutdown_timeout(Duration::from_secs(1));
@@ -313,12 +322,21 @@ fn pod_killed(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Kil
             }
         };
         let victim = cluster.pods.len() - 1;
-        let load = client_rt.spawn(drive(contender.sender.fork(), CONCURRENCY, run_for, None));
-        let started = Instant::now();
-        std::thread::sleep(kill_at);
-        pods_rt.block_on(cluster.pods.kill(victim));
-        let killed = Instant::now();
-        let run = match client_rt.block_on(load) {
+        let done = AtomicBool::new(false);
+        let t0 = Instant::now();
+        let (load, started, killed, over_time) = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| sample_shares(&cluster, t0, &done));
+            let load = client_rt.spawn(drive(contender.sender.fork(), CONCURRENCY, run_for, None));
+            let started = Instant::now();
+            std::thread::sleep(kill_at);
+            pods_rt.block_on(cluster.pods.kill(victim));
+            let killed = Instant::now();
+            let load = client_rt.block_on(load);
+            done.store(true, Ordering::Relaxed);
+            let points = sampler.join().unwrap_or_default();
+            (load, started, killed, points)
+        });
+        let run = match load {
             Ok(run) => run,
             Err(e) => {
                 rows.push(KillRow::failed(kind, format!("load task: {e}")));
@@ -349,6 +367,7 @@ fn pod_killed(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Kil
             last_failure_ms: last_failure,
             run_after_kill_ms: Some(ms(run.elapsed.saturating_sub(kill_offset))),
             summary: Some(summary),
+            shares_over_time: Some(ShareSeries::new(over_time, killed - t0)),
             error: None,
         });
     }
@@ -380,35 +399,41 @@ fn scale_up(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Scale
         };
         let stop = Arc::new(AtomicBool::new(false));
         let limit = change_at + give_up + share_window + Duration::from_secs(1);
-        let load = client_rt.spawn(drive(
-            contender.sender.fork(),
-            CONCURRENCY,
-            limit,
-            Some(stop.clone()),
-        ));
-        std::thread::sleep(change_at);
-        cluster.list(n);
-        let changed = Instant::now();
-        let newcomer = n - 1;
-        let mut first = None;
-        while changed.elapsed() < give_up {
-            if cluster.pods.requests(newcomer) > 0 {
-                first = Some(changed.elapsed());
-                break;
+        let t0 = Instant::now();
+        let (first, share, errors, changed, over_time) = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| sample_shares(&cluster, t0, &stop));
+            let load = client_rt.spawn(drive(
+                contender.sender.fork(),
+                CONCURRENCY,
+                limit,
+                Some(stop.clone()),
+            ));
+            std::thread::sleep(change_at);
+            cluster.list(n);
+            let changed = Instant::now();
+            let newcomer = n - 1;
+            let mut first = None;
+            while changed.elapsed() < give_up {
+                if cluster.pods.requests(newcomer) > 0 {
+                    first = Some(changed.elapsed());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut share = None;
-        if first.is_some() {
-            let before = cluster.requests();
-            std::thread::sleep(share_window);
-            share = Some(shares(&before, &cluster.requests())[newcomer]);
-        }
-        stop.store(true, Ordering::Relaxed);
-        let errors = client_rt
-            .block_on(load)
-            .map(|run| run.summary().errors)
-            .ok();
+            let mut share = None;
+            if first.is_some() {
+                let before = cluster.requests();
+                std::thread::sleep(share_window);
+                share = Some(shares(&before, &cluster.requests())[newcomer]);
+            }
+            stop.store(true, Ordering::Relaxed);
+            let errors = client_rt
+                .block_on(load)
+                .map(|run| run.summary().errors)
+                .ok();
+            let points = sampler.join().unwrap_or_default();
+            (first, share, errors, changed, points)
+        });
         progress(format_args!(
             "4 scale-up, {}: first request after {:?}, share {:?}",
             kind.name(),
@@ -423,6 +448,7 @@ fn scale_up(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Scale
             new_pod_share: share,
             share_window_s: share_window.as_secs_f64(),
             errors,
+            shares_over_time: Some(ShareSeries::new(over_time, changed - t0)),
             error: None,
         });
     }
@@ -526,4 +552,391 @@ impl LoadRow {
             error: None,
         }
     }
+}
+
+// ===== per-pod shares over time (scenarios 3 and 4) =====
+
+/// How often each pod's served count is sampled for the share plots.
+const SHARE_SAMPLE: Duration = Duration::from_millis(250);
+
+/// Each pod's share of the requests answered in every [`SHARE_SAMPLE`]
+/// interval from `t0` until `stop` is set: `(end of the interval in s since
+/// t0, shares)`. Runs on a thread of its own.
+fn sample_shares(cluster: &Cluster, t0: Instant, stop: &AtomicBool) -> Vec<(f64, Vec<f64>)> {
+    let mut points = Vec::new();
+    let mut before = cluster.requests();
+    let mut next = t0 + SHARE_SAMPLE;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        // The load may have ended within this interval: leave it out.
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = cluster.requests();
+        points.push((round((next - t0).as_secs_f64(), 3), shares(&before, &now)));
+        before = now;
+        next += SHARE_SAMPLE;
+    }
+    points
+}
+
+// ===== 7 and 8: open loop on pods of known capacity =====
+
+/// Each pod of scenarios 7 and 8 serves at most this many requests at once…
+pub const OPEN_CAPACITY: usize = 2;
+/// …each taking this long, so that its capacity is bounded and known.
+pub const OPEN_DELAY: Duration = Duration::from_millis(2);
+/// Scenario 8's pods serve twice as many at once, and the starved one a quarter of that.
+pub const QUARTER_CAPACITY: usize = 4;
+/// The open loop's bound on requests in flight; beyond it, overload errors.
+pub const OPEN_BOUND: usize = 1024;
+/// Scenario 7's stop-the-world pauses: this long…
+pub const PAUSE: Duration = Duration::from_millis(80);
+/// …starting at Poisson times this far apart on average, on every pod.
+pub const PAUSE_EVERY: Duration = Duration::from_secs(2);
+/// Hedges a hedged contender may send at once (at least the requests in
+/// flight on one pod, which a pause holds together).
+pub const HEDGE_BURST: u32 = 32;
+
+/// Requests/s that `kind` gets through `cluster` with 64 in flight: the
+/// pods' capacity as a balancer that spreads load can use it.
+fn capacity(opts: &Options, client_rt: &Runtime, contender: &Contender) -> f64 {
+    let run = client_rt.block_on(drive(
+        contender.sender.fork(),
+        64,
+        opts.secs(2.0, 0.5),
+        None,
+    ));
+    run.summary().rps
+}
+
+/// A fresh cluster of `protocol` pods with `prepare` applied.
+fn open_cluster(
+    opts: &Options,
+    pods_rt: &Runtime,
+    protocol: Protocol,
+    prepare: &dyn Fn(&Cluster),
+) -> Result<Cluster, String> {
+    let cluster = Cluster::start(
+        pods_rt,
+        protocol,
+        first_ip(protocol),
+        opts.pods,
+        opts.pods,
+        STEADY_TTL,
+    )
+    .map_err(|e| format!("pods: {e}"))?;
+    prepare(&cluster);
+    Ok(cluster)
+}
+
+/// One contender of an open-loop scenario, built by `make`.
+type Make<'a> = Box<dyn Fn(&Cluster) -> Result<Contender, String> + 'a>;
+
+/// Runs `contender` open loop at `rate` for `run_for` after an open-loop
+/// warm-up, `during` applied to the cluster between the two.
+#[allow(clippy::too_many_arguments)]
+fn open_row(
+    opts: &Options,
+    client_rt: &Runtime,
+    cluster: &Cluster,
+    contender: &Contender,
+    rate: f64,
+    run_for: Duration,
+    during: &dyn Fn(&Cluster),
+    scenario: u8,
+) -> OpenRow {
+    client_rt.block_on(open_loop(
+        contender.sender.fork(),
+        rate,
+        opts.secs(1.0, 0.3),
+        OPEN_BOUND,
+    ));
+    during(cluster);
+    let pauses_before: u64 = (0..cluster.pods.len())
+        .map(|i| cluster.pods.pauses(i))
+        .sum();
+    let hedges_before = contender.hedges_sent();
+    let before = cluster.requests();
+    let run: OpenRun = client_rt.block_on(open_loop(
+        contender.sender.fork(),
+        rate,
+        run_for,
+        OPEN_BOUND,
+    ));
+    let served = shares(&before, &cluster.requests());
+    let pauses: u64 = (0..cluster.pods.len())
+        .map(|i| cluster.pods.pauses(i))
+        .sum();
+    let summary = run.summary();
+    let hedges = contender
+        .hedges_sent()
+        .map(|after| after - hedges_before.unwrap_or(0));
+    progress(format_args!(
+        "{scenario} {}: {} req/s asked, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms, {} errors ({} overload), hedges {:?}",
+        contender.label,
+        summary.rate,
+        summary.p50_ms,
+        summary.p99_ms,
+        summary.p999_ms,
+        summary.max_ms,
+        summary.errors,
+        summary.overload,
+        hedges
+    ));
+    OpenRow {
+        contender: contender.label.clone(),
+        protocol: protocol_name(contender.kind.protocol()),
+        hedges,
+        pauses: Some(pauses - pauses_before),
+        first_pod_share: served.first().copied(),
+        summary: Some(summary),
+        error: None,
+    }
+}
+
+/// Measures the capacity with `kind` and returns half of it (rounded to 10
+/// requests/s), and with `reference` also `kind`'s open-loop run at that
+/// rate on the same pods, unchanged.
+fn half_capacity(
+    opts: &Options,
+    pods_rt: &Runtime,
+    client_rt: &Runtime,
+    kind: Kind,
+    prepare: &dyn Fn(&Cluster),
+    scenario: u8,
+    reference: bool,
+) -> Result<(f64, f64, Option<OpenRow>), String> {
+    let cluster = open_cluster(opts, pods_rt, kind.protocol(), prepare)?;
+    let contender = build(client_rt, kind, &cluster)?;
+    warm_up(client_rt, &contender, opts.secs(0.5, 0.2));
+    let capacity = capacity(opts, client_rt, &contender);
+    let rate = (capacity / 2.0 / 10.0).round().max(1.0) * 10.0;
+    progress(format_args!(
+        "{scenario} capacity with {}: {capacity:.0} req/s; open loop at {rate} req/s",
+        kind.name()
+    ));
+    if !reference {
+        return Ok((capacity, rate, None));
+    }
+    let mut row = open_row(
+        opts,
+        client_rt,
+        &cluster,
+        &contender,
+        rate,
+        opts.secs(4.0, 1.0),
+        &|_| {},
+        scenario,
+    );
+    row.contender = format!("{}, no pauses (reference)", kind.name());
+    Ok((capacity, rate, Some(row)))
+}
+
+/// Scenario 7: four gRPC pods of known capacity, each pausing at Poisson times.
+fn pauses(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Option<OpenSection> {
+    let prepare = |cluster: &Cluster| {
+        for i in 0..cluster.pods.len() {
+            cluster.pods.set_delay(i, OPEN_DELAY);
+            cluster.pods.set_capacity(i, Some(OPEN_CAPACITY));
+        }
+    };
+    let (capacity, rate, reference) =
+        match half_capacity(opts, pods_rt, client_rt, Kind::GrpcOurs, &prepare, 7, true) {
+            Ok((capacity, rate, Some(reference))) => (capacity, rate, reference),
+            Ok(_) => return None,
+            Err(e) => {
+                progress(format_args!("7 pauses: {e}"));
+                return None;
+            }
+        };
+    let healthy_p95 = reference.summary.as_ref().map_or(0.0, |s| s.p95_ms);
+    // A fixed hedge delay near the healthy p95, in whole tenths of a millisecond.
+    let hedge_after = Duration::from_secs_f64((healthy_p95 * 10.0).ceil().max(1.0) / 1e4);
+    let pause_all = |cluster: &Cluster| {
+        for i in 0..cluster.pods.len() {
+            cluster.pods.set_pauses(i, PAUSE_EVERY, PAUSE);
+        }
+    };
+    let mut makes: Vec<Make> = Vec::new();
+    for kind in [
+        Kind::GrpcTonic,
+        Kind::GrpcGinepro,
+        Kind::GrpcTower,
+        Kind::GrpcOurs,
+    ] {
+        makes.push(Box::new(move |cluster: &Cluster| {
+            build(client_rt, kind, cluster)
+        }));
+    }
+    let hedged = [
+        (
+            headless_lb::HedgePolicy::after(hedge_after).burst(HEDGE_BURST),
+            format!(
+                "headless-lb Channel, hedge after {:.1} ms, burst {HEDGE_BURST}",
+                hedge_after.as_secs_f64() * 1e3
+            ),
+        ),
+        (
+            headless_lb::HedgePolicy::auto().burst(HEDGE_BURST),
+            format!("headless-lb Channel, hedge auto (p95), burst {HEDGE_BURST}"),
+        ),
+    ];
+    for (policy, label) in hedged {
+        makes.push(Box::new(move |cluster: &Cluster| {
+            client_rt.block_on(contenders::build_hedged(
+                &cluster.target(),
+                cluster.dns.addr(),
+                policy.clone(),
+                label.clone(),
+            ))
+        }));
+    }
+    let mut rows = vec![reference];
+    for make in makes {
+        let row = open_cluster(opts, pods_rt, Protocol::Grpc, &prepare).and_then(|cluster| {
+            let contender = make(&cluster)?;
+            Ok(open_row(
+                opts,
+                client_rt,
+                &cluster,
+                &contender,
+                rate,
+                opts.secs(15.0, 2.0),
+                &pause_all,
+                7,
+            ))
+        });
+        match row {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                progress(format_args!("7 pauses: {e}"));
+                rows.push(OpenRow::failed("(a contender)".to_owned(), "grpc", e));
+            }
+        }
+    }
+    Some(OpenSection {
+        capacity_rps: round(capacity, 0),
+        rate,
+        hedge_after_ms: Some(ms(hedge_after)),
+        rows,
+    })
+}
+
+/// Scenario 8: four HTTP pods, the first at a quarter of the others' capacity.
+fn quarter(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Option<OpenSection> {
+    let prepare = |cluster: &Cluster| {
+        for i in 0..cluster.pods.len() {
+            cluster.pods.set_delay(i, OPEN_DELAY);
+            let capacity = if i == 0 {
+                QUARTER_CAPACITY / 4
+            } else {
+                QUARTER_CAPACITY
+            };
+            cluster.pods.set_capacity(i, Some(capacity));
+        }
+    };
+    let (capacity, rate) =
+        match half_capacity(opts, pods_rt, client_rt, Kind::HttpOurs, &prepare, 8, false) {
+            Ok((capacity, rate, _)) => (capacity, rate),
+            Err(e) => {
+                progress(format_args!("8 quarter capacity: {e}"));
+                return None;
+            }
+        };
+    let mut rows = Vec::new();
+    for kind in [Kind::HttpOurs, Kind::HttpRoundRobin] {
+        let row = open_cluster(opts, pods_rt, Protocol::Http, &prepare).and_then(|cluster| {
+            let contender = build(client_rt, kind, &cluster)?;
+            Ok(open_row(
+                opts,
+                client_rt,
+                &cluster,
+                &contender,
+                rate,
+                opts.secs(8.0, 2.0),
+                &|_| {},
+                8,
+            ))
+        });
+        match row {
+            Ok(row) => rows.push(row),
+            Err(e) => rows.push(OpenRow::failed(kind.name().to_owned(), "http", e)),
+        }
+    }
+    Some(OpenSection {
+        capacity_rps: round(capacity, 0),
+        rate,
+        hedge_after_ms: None,
+        rows,
+    })
+}
+
+// ===== the issue's targets =====
+
+/// The targets of issue #13 that this run can check, as ratios in one run.
+fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let find = |rows: &[OpenRow], name: &str| {
+        rows.iter()
+            .find(|r| r.contender == name)
+            .and_then(|r| r.summary.clone())
+    };
+    if let Some(section) = &report.pauses {
+        let rows = &section.rows;
+        let ours = find(rows, Kind::GrpcOurs.name());
+        for (peer, bound) in [
+            (Kind::GrpcTonic, 0.1),
+            (Kind::GrpcGinepro, 0.1),
+            (Kind::GrpcTower, 0.7),
+        ] {
+            out.push(Target::ratio(
+                7,
+                format!("{} p99 / {} p99", Kind::GrpcOurs.name(), peer.name()),
+                ours.as_ref().map(|s| s.p99_ms),
+                find(rows, peer.name()).map(|s| s.p99_ms),
+                bound,
+            ));
+        }
+        for hedged in rows.iter().filter(|r| r.hedges.is_some()) {
+            let s = hedged.summary.clone();
+            for peer in [Kind::GrpcTonic, Kind::GrpcGinepro, Kind::GrpcTower] {
+                out.push(Target::ratio(
+                    7,
+                    format!("{} p99.9 / {} p99.9", hedged.contender, peer.name()),
+                    s.as_ref().map(|s| s.p999_ms),
+                    find(rows, peer.name()).map(|s| s.p999_ms),
+                    0.3,
+                ));
+            }
+            // The budget: at most 10 % of requests plus one burst.
+            let cap = s.as_ref().map(|s| {
+                headless_lb::client::DEFAULT_HEDGE_BUDGET * s.sent as f64 + f64::from(HEDGE_BURST)
+            });
+            out.push(Target::ratio(
+                7,
+                format!(
+                    "{}: hedges / (10 % of requests + burst {HEDGE_BURST})",
+                    hedged.contender
+                ),
+                hedged.hedges.map(|h| h as f64),
+                cap,
+                1.0,
+            ));
+        }
+    }
+    if let Some(section) = &report.quarter {
+        out.push(Target::ratio(
+            8,
+            format!(
+                "{} p99 / {} p99",
+                Kind::HttpOurs.name(),
+                Kind::HttpRoundRobin.name()
+            ),
+            find(&section.rows, Kind::HttpOurs.name()).map(|s| s.p99_ms),
+            find(&section.rows, Kind::HttpRoundRobin.name()).map(|s| s.p99_ms),
+            0.2,
+        ));
+    }
+    out
 }
