@@ -2,8 +2,9 @@
 //! test DNS server (a 500-record answer, over TCP), 20 HTTP/2 clients in one process, each with
 //! `subset_size(10)` and its ordinal. Every client connects to exactly the pods the subset rule
 //! (the code `examples/simulate.rs` runs) predicts, one connection each, no pod has two clients
-//! (the ordinal rule's cap at a mean of 0.4), and a scale-down of 50 pods — DNS updated while
-//! the pods drain and exit, as Kubernetes does — loses no request.
+//! (the ordinal rule's cap at a mean of 0.4), and a scale-down of 50 pods — DNS updated first,
+//! the pods draining and exiting once the clients have moved (a preStop delay) — loses no
+//! request.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -213,18 +214,11 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
     })
     .await;
 
+    // DNS drops them first; they keep serving until every client has moved
+    // to the subset of the 450 that remain (a preStop delay, as Kubernetes
+    // advises for a scale-down), then drain and exit under load.
     let remaining_ips: Vec<IpAddr> = remaining.iter().map(SocketAddr::ip).collect();
     dns.set_ips(SERVICE, &remaining_ips, TTL);
-    let drains = gone
-        .iter()
-        .map(|a| by_addr[a].shutdown(Duration::from_secs(5)));
-    let drained = futures::future::join_all(drains).await;
-    assert!(
-        drained.iter().all(|&d| d),
-        "every pod drained within its grace"
-    );
-
-    // Every client moves to the subset of the 450 that remain.
     let predicted_after: Vec<Vec<SocketAddr>> = (0..CLIENTS)
         .map(|i| subset(i).members(&remaining))
         .collect();
@@ -239,6 +233,14 @@ async fn twenty_clients_use_the_predicted_subsets_of_500_pods_and_a_scale_down_l
         },
     )
     .await;
+    let drains = gone
+        .iter()
+        .map(|a| by_addr[a].shutdown(Duration::from_secs(5)));
+    let drained = futures::future::join_all(drains).await;
+    assert!(
+        drained.iter().all(|&d| d),
+        "every pod drained within its grace"
+    );
     let at_move = sent.load(Ordering::Relaxed);
     wait_for(Duration::from_secs(10), "200 more requests", || {
         sent.load(Ordering::Relaxed) > at_move + 200
