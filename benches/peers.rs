@@ -6,6 +6,19 @@
 //! cargo bench --all-features --bench peers                 # about 5½ minutes
 //! cargo bench --all-features --bench peers -- --quick      # smoke run, ~80 s
 //!     [--markdown PATH] [--json PATH] [--scenarios 1,2,…]
+//!     [--kinds KEY,…] [--concurrencies N,…] [--round-secs S]
+//! ```
+//!
+//! `--kinds` runs only the named contenders in scenarios 1 to 5 (`http-ours`,
+//! `round-robin`, `random`, `direct`, `http-tower`, `grpc-ours`, `tonic`,
+//! `ginepro`), `--concurrencies` sets
+//! scenario 1's, and `--round-secs` the length of each of its two rounds per
+//! contender (1 s by default). Together they run one contender for long
+//! enough to profile it:
+//!
+//! ```text
+//! perf record -g -- target/release/deps/peers-HASH --scenarios 1 \
+//!     --kinds http-ours --concurrencies 16 --round-secs 10
 //! ```
 //!
 //! Defaults: `target/peers/report.md` and `target/peers/report.json`; SVG
@@ -22,9 +35,10 @@ mod peers_core;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use peers_core::Options;
+use peers_core::contenders::Kind;
 
 #[global_allocator]
 static ALLOC: peers_core::memory::Counting = peers_core::memory::Counting;
@@ -34,6 +48,9 @@ fn main() -> ExitCode {
     let mut markdown = None;
     let mut json = None;
     let mut scenarios = None;
+    let mut kinds = None;
+    let mut concurrencies = None;
+    let mut round = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -56,6 +73,51 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            "--kinds" => {
+                let list = args.next().unwrap_or_default();
+                let all = Kind::ALL;
+                match list
+                    .split(',')
+                    .map(|key| all.iter().copied().find(|k| k.key() == key).ok_or(key))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(v) => kinds = Some(v),
+                    Err(key) => {
+                        let keys: Vec<_> = all.iter().map(|k| k.key()).collect();
+                        eprintln!(
+                            "error: --kinds: unknown contender {key:?}; known: {}",
+                            keys.join(", ")
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            "--concurrencies" => {
+                let list = args.next().unwrap_or_default();
+                match list
+                    .split(',')
+                    .map(str::parse::<usize>)
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(v) if v.iter().all(|&n| (1..=4096).contains(&n)) => concurrencies = Some(v),
+                    _ => {
+                        eprintln!("error: --concurrencies takes numbers 1 to 4096, e.g. 1,16");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            "--round-secs" => {
+                let value = args.next().unwrap_or_default();
+                match value.parse::<f64>() {
+                    Ok(s) if s.is_finite() && (0.01..=3600.0).contains(&s) => {
+                        round = Some(Duration::from_secs_f64(s))
+                    }
+                    _ => {
+                        eprintln!("error: --round-secs takes seconds from 0.01 to 3600, e.g. 10");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             other => eprintln!("peers: ignoring argument {other:?}"),
         }
     }
@@ -63,6 +125,13 @@ fn main() -> ExitCode {
     if let Some(s) = scenarios {
         opts.scenarios = s;
     }
+    if let Some(k) = kinds {
+        opts.kinds = k;
+    }
+    if let Some(c) = concurrencies {
+        opts.concurrencies = c;
+    }
+    opts.round = round;
     let started = Instant::now();
     let report = peers_core::run(&opts);
     let md = report.markdown();

@@ -558,3 +558,77 @@ async fn keepalive_fails_an_rpc_to_a_silent_pod_with_unavailable() {
     assert_eq!(channel.stats().endpoints[0].failures, 1);
     held.abort();
 }
+
+/// A pod that reads each RPC's whole body and then resets the stream with
+/// `REFUSED_STREAM` (RFC 9113 §8.7: the stream was not processed), as a pod
+/// does that is shutting down; returns how many it refused.
+async fn refusing_pod(addr: SocketAddr) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let refused = Arc::new(AtomicU64::new(0));
+    let count = refused.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        // The whole body first: the client has sent it and
+                        // can no longer hand it back unread.
+                        let mut body = request.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    });
+                }
+            });
+        }
+    });
+    (refused, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_refused_unprocessed_after_its_body_was_sent_goes_to_another_pod() {
+    let _load = LOAD.lock().await;
+    let good = GrpcPod::start("127.0.0.181:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = good.addr().port();
+    let (refused, refusing) = refusing_pod(SocketAddr::from(([127, 0, 0, 182], port))).await;
+    let dns = DnsServer::start().await.unwrap();
+    let ips: Vec<IpAddr> = vec![[127, 0, 0, 181].into(), [127, 0, 0, 182].into()];
+    dns.set_ips(NAME, &ips, 30);
+    let channel = Channel::builder()
+        .nameserver(dns.addr())
+        .build(&format!("dns:///{NAME}:{port}"))
+        .unwrap();
+    wait_ready(&channel, 2).await;
+
+    // P2C sends some RPCs to the refusing pod; each must be sent again, with
+    // the body the channel recorded and the head the endpoint handed back,
+    // to the other pod, and succeed.
+    let mut client = HealthClient::new(channel.clone());
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.load(Ordering::Relaxed) < 5 && Instant::now() < deadline {
+        let status = client.check(check_request()).await.map(drop);
+        assert!(status.is_ok(), "RPC {sent} failed: {status:?}");
+        sent += 1;
+    }
+    let refused = refused.load(Ordering::Relaxed);
+    assert!(
+        refused >= 5,
+        "the refusing pod saw {refused} of {sent} RPCs"
+    );
+    assert_eq!(
+        good.requests(),
+        sent,
+        "every RPC was answered by the good pod"
+    );
+    refusing.abort();
+}

@@ -96,6 +96,11 @@ impl Cluster {
         self.dns.set_ips(&self.name, &ips, self.ttl);
     }
 
+    /// Connections accepted by all pods so far.
+    pub fn connections(&self) -> u64 {
+        (0..self.pods.len()).map(|i| self.pods.connections(i)).sum()
+    }
+
     /// Requests answered by each pod so far.
     pub fn requests(&self) -> Vec<u64> {
         (0..self.pods.len())
@@ -130,6 +135,14 @@ impl Pods {
         match self {
             Pods::Http(p) => p[i].requests(),
             Pods::Grpc(p) => p[i].requests(),
+        }
+    }
+
+    /// Connections pod `i` has accepted so far.
+    pub fn connections(&self, i: usize) -> u64 {
+        match self {
+            Pods::Http(p) => p[i].connections(),
+            Pods::Grpc(p) => p[i].connections(),
         }
     }
 

@@ -117,6 +117,21 @@ impl Kind {
         }
     }
 
+    /// The short name `--kinds` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::HttpOurs => "http-ours",
+            Kind::HttpRoundRobin => "round-robin",
+            Kind::HttpRandom => "random",
+            Kind::HttpDirect => "direct",
+            Kind::HttpTower => "http-tower",
+            Kind::GrpcOurs => "grpc-ours",
+            Kind::GrpcTonic => "tonic",
+            Kind::GrpcGinepro => "ginepro",
+            Kind::GrpcTower => "grpc-tower",
+        }
+    }
+
     /// The contender the others of its protocol are compared with.
     pub fn is_ours(self) -> bool {
         matches!(self, Kind::HttpOurs | Kind::GrpcOurs)

@@ -81,6 +81,37 @@ impl Run {
     }
 }
 
+/// CPU time the client's threads (named `client`, see
+/// [`super::cluster::client_runtime`]: its workers and its blocking pool) have
+/// used so far, in ns, from `/proc/self/task/*/schedstat`; `None` where that
+/// is not available. A difference of two readings around a run is the
+/// client's own CPU for it, with the pods' and the DNS server's left out.
+pub fn client_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    let mut seen = false;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with("client") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+        {
+            total += ns;
+            seen = true;
+        }
+    }
+    seen.then_some(total)
+}
+
 /// Throughput and latency of a run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {

@@ -140,6 +140,8 @@ pub struct LoadRow {
     pub protocol: String,
     pub concurrency: usize,
     pub summary: Option<Summary>,
+    /// CPU time of the client's threads per request (the pods' left out).
+    pub cpu_us_per_request: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -249,6 +251,7 @@ impl LoadRow {
             protocol: protocol_name(kind.protocol()),
             concurrency,
             summary: None,
+            cpu_us_per_request: None,
             error: Some(error),
         }
     }
@@ -454,20 +457,21 @@ impl Report {
         let _ = writeln!(md, "### 1. All pods healthy\n");
         let _ = writeln!(
             md,
-            "| contender | protocol | concurrency | req/s | req/s × | p50 ms | p99 ms | p99 × | p99.9 ms | errors |"
+            "| contender | protocol | concurrency | req/s | req/s × | p50 ms | p99 ms | p99 × | p99.9 ms | errors | client CPU µs/req | CPU × |"
         );
-        let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for row in &self.healthy {
             let ours = self.healthy.iter().find(|r| {
                 r.protocol == row.protocol
                     && r.concurrency == row.concurrency
                     && is_ours(&r.contender)
             });
+            let ours_cpu = ours.and_then(|r| r.cpu_us_per_request);
             let ours = ours.and_then(|r| r.summary.as_ref());
             let s = row.summary.as_ref();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 name(&row.contender, &row.error),
                 row.protocol,
                 row.concurrency,
@@ -478,6 +482,8 @@ impl Report {
                 ratio(s.map(|s| s.p99_ms), ours.map(|s| s.p99_ms)),
                 opt(s.map(|s| s.p999_ms), 2),
                 s.map_or_else(|| "—".to_owned(), |s| s.errors.to_string()),
+                opt(row.cpu_us_per_request, 2),
+                ratio(row.cpu_us_per_request, ours_cpu),
             );
         }
         let _ = writeln!(md);

@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 
 use super::cluster::{self, Cluster, Protocol};
 use super::contenders::{self, Contender, Kind};
-use super::load::{OpenRun, Sample, Summary, drive, ms, open_loop, round};
+use super::load::{OpenRun, Sample, Summary, client_cpu_ns, drive, ms, open_loop, round};
 use super::memory;
 use super::report::{
     DnsRow, KillRow, LoadRow, Meta, OpenRow, OpenSection, Report, ScaleRow, ScaleUpRow,
@@ -29,6 +29,10 @@ pub struct Options {
     pub concurrencies: Vec<usize>,
     /// Pods per cluster (4 unless a smoke test asks for fewer).
     pub pods: usize,
+    /// Length of each of scenario 1's two rounds per contender and
+    /// concurrency, when not the default (1 s, quick 0.2 s): longer rounds
+    /// for a profiler.
+    pub round: Option<Duration>,
 }
 
 impl Options {
@@ -39,6 +43,7 @@ impl Options {
             kinds: Kind::ALL.to_vec(),
             concurrencies: vec![1, 16, 64],
             pods: 4,
+            round: None,
         }
     }
 
@@ -216,9 +221,15 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
         // runs first (or last) after a change of load.
         let mut built = Vec::new();
         for kind in kinds {
+            let connections = cluster.connections();
             match build(client_rt, kind, &cluster) {
                 Ok(contender) => {
                     warm_up(client_rt, &contender, opts.secs(0.5, 0.2));
+                    progress(format_args!(
+                        "1 {}: {} connections to the pods after the warm-up",
+                        kind.name(),
+                        cluster.connections() - connections
+                    ));
                     built.push(contender);
                 }
                 Err(e) => {
@@ -229,27 +240,39 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
                 }
             }
         }
-        let half = opts.secs(1.0, 0.2);
+        let half = opts.round.unwrap_or_else(|| opts.secs(1.0, 0.2));
         for &c in &opts.concurrencies {
-            let mut runs: Vec<(Vec<Sample>, Duration)> = vec![Default::default(); built.len()];
+            let mut runs: Vec<(Vec<Sample>, Duration, Option<u64>)> =
+                vec![(Vec::new(), Duration::ZERO, Some(0)); built.len()];
             let forward: Vec<usize> = (0..built.len()).collect();
             for order in [forward.clone(), forward.into_iter().rev().collect()] {
                 for i in order {
+                    let cpu_before = client_cpu_ns();
                     let run = client_rt.block_on(drive(built[i].sender.fork(), c, half, None));
+                    let cpu = cpu_before
+                        .zip(client_cpu_ns())
+                        .map(|(a, b)| b.saturating_sub(a));
                     runs[i].0.extend(run.samples);
                     runs[i].1 += run.elapsed;
+                    runs[i].2 = runs[i].2.zip(cpu).map(|(sum, ns)| sum + ns);
                 }
             }
-            for (contender, (samples, elapsed)) in built.iter().zip(runs) {
+            for (contender, (samples, elapsed, cpu_ns)) in built.iter().zip(runs) {
                 let summary = Summary::of(&samples, elapsed);
+                let mut row = LoadRow::of(contender.kind, c, summary.clone());
+                row.cpu_us_per_request = cpu_ns
+                    .filter(|_| summary.requests > 0)
+                    .map(|ns| round(ns as f64 / 1e3 / summary.requests as f64, 2));
                 progress(format_args!(
-                    "1 healthy, {} c={c}: {:.0} req/s, p99 {} ms, {} errors",
+                    "1 healthy, {} c={c}: {:.0} req/s, p99 {} ms, {} errors, client CPU {} µs/request",
                     contender.kind.name(),
                     summary.rps,
                     summary.p99_ms,
-                    summary.errors
+                    summary.errors,
+                    row.cpu_us_per_request
+                        .map_or_else(|| "—".to_owned(), |us| us.to_string()),
                 ));
-                rows.push(LoadRow::of(contender.kind, c, summary));
+                rows.push(row);
             }
         }
     }
@@ -549,6 +572,7 @@ impl LoadRow {
             protocol: protocol_name(kind.protocol()),
             concurrency,
             summary: Some(summary),
+            cpu_us_per_request: None,
             error: None,
         }
     }
@@ -874,9 +898,66 @@ fn quarter(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Option<Ope
 
 // ===== the issue's targets =====
 
+/// Scenario 1's targets at each protocol and concurrency: requests/s at
+/// least 0.95 × round-robin's and 1.0 × tonic's and ginepro's, and client
+/// CPU per request at most 1.1 × round-robin's. Written as "theirs / ours ≤
+/// 1 / bound" for throughput, so that every target reads "ratio ≤ bound".
+fn healthy_targets(rows: &[LoadRow]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let find = |kind: Kind, c: usize| {
+        rows.iter()
+            .find(|r| r.contender == kind.name() && r.concurrency == c)
+    };
+    let mut concurrencies: Vec<usize> = rows.iter().map(|r| r.concurrency).collect();
+    concurrencies.sort_unstable();
+    concurrencies.dedup();
+    for c in concurrencies {
+        let rps = |kind| {
+            find(kind, c)
+                .and_then(|r| r.summary.as_ref())
+                .map(|s| s.rps)
+        };
+        let cpu = |kind| find(kind, c).and_then(|r| r.cpu_us_per_request);
+        for (ours, peer, at_least) in [
+            (Kind::HttpOurs, Kind::HttpRoundRobin, 0.95),
+            (Kind::GrpcOurs, Kind::GrpcTonic, 1.0),
+            (Kind::GrpcOurs, Kind::GrpcGinepro, 1.0),
+        ] {
+            if find(ours, c).is_none() || find(peer, c).is_none() {
+                continue;
+            }
+            out.push(Target::ratio(
+                1,
+                format!(
+                    "{} req/s / {} req/s, {c} in flight",
+                    peer.name(),
+                    ours.name()
+                ),
+                rps(peer),
+                rps(ours),
+                round(1.0 / at_least, 3),
+            ));
+        }
+        if find(Kind::HttpOurs, c).is_some() && find(Kind::HttpRoundRobin, c).is_some() {
+            out.push(Target::ratio(
+                1,
+                format!(
+                    "{} client CPU/request / {}'s, {c} in flight",
+                    Kind::HttpOurs.name(),
+                    Kind::HttpRoundRobin.name()
+                ),
+                cpu(Kind::HttpOurs),
+                cpu(Kind::HttpRoundRobin),
+                1.1,
+            ));
+        }
+    }
+    out
+}
+
 /// The targets of issue #13 that this run can check, as ratios in one run.
 fn targets(report: &Report) -> Vec<Target> {
-    let mut out = Vec::new();
+    let mut out = healthy_targets(&report.healthy);
     let find = |rows: &[OpenRow], name: &str| {
         rows.iter()
             .find(|r| r.contender == name)

@@ -150,11 +150,12 @@ where
             sent_at,
         };
         let result = service.call(request).await;
+        // One clock read ends the wait and times the round trip.
+        let now = Instant::now();
         std::mem::forget(abandoned);
-        drop(waiting);
+        waiting.end(now);
         match result {
             Ok(response) => {
-                let now = Instant::now();
                 endpoint
                     .load
                     .rtt
@@ -210,6 +211,12 @@ impl<'a> Waiting<'a> {
     fn start(load: &'a Load, now: Instant) -> Self {
         load.wait_started(now);
         Self(load)
+    }
+
+    /// The answer (or an error) arrived at `now`.
+    fn end(self, now: Instant) {
+        self.0.wait_ended(now);
+        std::mem::forget(self);
     }
 }
 

@@ -205,7 +205,7 @@ impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for
             hedging.deposit();
             hedgeable(hedging, &request).then(|| hedging.clone())
         });
-        let (replay, request) = Replay::record(request);
+        let (replay, request) = Replay::record(request, hedging.is_some());
         let balancer = self.inner.balancer.clone();
         let call = match hedging {
             None => Either::Left(send(balancer, request, replay, None)),
@@ -252,20 +252,26 @@ fn hedgeable(hedging: &Hedging, request: &http::Request<RequestBody>) -> bool {
 /// Sends the RPC through `balancer` (recording its pods in `tried` when it
 /// may be hedged); an RPC that a pod refused unprocessed (a graceful
 /// shutdown's GOAWAY crossed it) goes to another pod, with its recorded
-/// body, once.
+/// body, once. The pod that refused it is avoided while another is
+/// pickable: it is likely still refusing.
 async fn send<S: HttpService<RequestBody>>(
     balancer: Balancer<http::Request<RequestBody>, S, CompleteOnStreamEnd>,
     request: http::Request<RequestBody>,
     replay: impl Borrow<Replay>,
     tried: Option<Arc<Tried>>,
 ) -> Result<http::Response<ResponseBody>, crate::BalanceError> {
-    let route = || tried.clone().map_or(Route::Any, Route::Tracked);
-    let first = balancer.call_routed(request, route()).await;
+    let first = balancer
+        .call_routed(request, tried.clone().map_or(Route::Any, Route::Tracked))
+        .await;
     match first {
-        Err(err) if replay::refused_unprocessed(&err) => match replay.borrow().again() {
+        Err(err) if replay::refused_unprocessed(&err) => match replay.borrow().again_after(&err) {
             Some(again) => {
                 tracing::debug!(%err, "RPC refused unprocessed; sending it to another pod");
-                balancer.call_routed(again, route()).await
+                let tried = tried.unwrap_or_default();
+                if let crate::BalanceError::Endpoint { endpoint, .. } = &err {
+                    tried.add(*endpoint);
+                }
+                balancer.call_routed(again, Route::Tracked(tried)).await
             }
             None => Err(err),
         },

@@ -5,16 +5,22 @@
 //! HTTP endpoint hands such a request back whenever its body is untouched
 //! (`http/replay.rs`), but h2 starts reading a gRPC request's body as soon as
 //! the stream opens, so the body is gone by the time the refusal arrives.
-//! The channel therefore records what the body sends, up to
-//! [`MAX_RECORDED`] bytes, and when the refusal comes and the whole body was
-//! recorded, sends the RPC once more with the recorded bytes.
+//! The channel therefore records what the body sends (the frames' `Bytes`,
+//! shared, not copied), up to [`MAX_RECORDED`] bytes, and when the refusal
+//! comes and the whole body was recorded, sends the RPC once more with the
+//! recorded bytes and the head the endpoint handed back with the refusal
+//! (the endpoint keeps a copy of every HTTP/2 request's head anyway).
 //!
 //! ```text
-//!  Channel::call ── head copy ──────────────────────────┐
-//!        body ──► Recorder ──► h2 (frames copied)       │ refused unprocessed,
-//!                    │                                   │ body complete and small
-//!                    └─ Recording { frames, complete } ──┴──► same head + recorded body ──► balancer
+//!  Channel::call
+//!        body ──► Recorder ──► h2                    refused unprocessed,
+//!                    │  (frames shared)              body complete and small
+//!                    └─ Recording { frames, complete } ──┬──► head + recorded body ──► balancer
+//!  endpoint: RefusedUnprocessed { head } ───────────────┘
 //! ```
+//!
+//! An RPC that may be hedged also copies its head here, since its hedge is
+//! sent while the first copy is still running.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -29,19 +35,34 @@ use http_body::{Body, Frame, SizeHint};
 /// far smaller; the cap bounds the memory a refusal can cost.
 pub(crate) const MAX_RECORDED: usize = 64 * 1024;
 
-/// The head of an RPC and what its body sent, shared with the [`Recorder`].
+/// What an RPC's body sent, shared with the [`Recorder`]; and, for an RPC
+/// that may be hedged, a copy of its head.
+///
+/// Only a hedge needs the head copied up front: it is sent while the first
+/// copy is still running. A refusal hands the head back with its error
+/// ([`RefusedUnprocessed::take_head`](crate::http::RefusedUnprocessed::take_head)),
+/// so the RPCs that are not hedged (nearly all) copy no head here.
 pub(crate) struct Replay {
+    head: Option<Head>,
+    recording: Arc<Mutex<Recording>>,
+}
+
+/// A request's head, copied.
+struct Head {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
-    recording: Arc<Mutex<Recording>>,
 }
 
 #[derive(Default)]
 struct Recording {
-    data: BytesMut,
+    /// The data frames as sent: `Bytes` share the sender's buffers, so
+    /// recording copies no bytes.
+    frames: Vec<Bytes>,
+    /// Bytes in `frames`.
+    len: usize,
     /// The body ended (without trailers: gRPC request bodies have none).
     complete: bool,
     /// More than [`MAX_RECORDED`] bytes, trailers, or an error: no replay.
@@ -58,18 +79,23 @@ pub(crate) struct Recorder {
 // ===== impl Replay =====
 
 impl Replay {
-    /// Copies `request`'s head and wraps its body in a [`Recorder`].
+    /// Wraps `request`'s body in a [`Recorder`]; with `keep_head`, also
+    /// copies its head (for a hedge, see [`again`](Self::again)).
     pub(crate) fn record(
         request: http::Request<tonic::body::Body>,
+        keep_head: bool,
     ) -> (Replay, http::Request<tonic::body::Body>) {
         let (parts, body) = request.into_parts();
         let recording = Arc::new(Mutex::new(Recording::default()));
-        let replay = Replay {
+        let head = keep_head.then(|| Head {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
             extensions: parts.extensions.clone(),
+        });
+        let replay = Replay {
+            head,
             recording: recording.clone(),
         };
         let body = tonic::body::Body::new(Recorder {
@@ -79,23 +105,56 @@ impl Replay {
         (replay, http::Request::from_parts(parts, body))
     }
 
-    /// The RPC again, with the body it sent, if the body was recorded whole.
+    /// The RPC again, with the head copied by [`record`](Self::record) and
+    /// the body it sent, if the body was recorded whole.
     pub(crate) fn again(&self) -> Option<http::Request<tonic::body::Body>> {
+        let head = self.head.as_ref()?;
+        let mut request = http::Request::new(());
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = head.uri.clone();
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers.clone();
+        *request.extensions_mut() = head.extensions.clone();
+        self.again_with(request)
+    }
+
+    /// The RPC again after `error` (a refusal, see
+    /// [`refused_unprocessed`]): the head the endpoint handed back, or the
+    /// one copied by [`record`](Self::record), with the recorded body.
+    pub(crate) fn again_after(
+        &self,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Option<http::Request<tonic::body::Body>> {
+        let handed_back = crate::error::chain(error)
+            .find_map(|e| e.downcast_ref::<crate::http::RefusedUnprocessed>())
+            .and_then(|refused| refused.take_head());
+        match handed_back {
+            Some(head) => self.again_with(head),
+            None => self.again(),
+        }
+    }
+
+    /// `head` with the body the RPC sent, if the body was recorded whole.
+    fn again_with(&self, head: http::Request<()>) -> Option<http::Request<tonic::body::Body>> {
         let data = {
             let recording = crate::sync::lock(&self.recording);
             if !recording.complete || recording.spoiled {
                 return None;
             }
-            recording.data.clone().freeze()
+            match recording.frames.as_slice() {
+                [] => Bytes::new(),
+                [one] => one.clone(),
+                frames => {
+                    let mut all = BytesMut::with_capacity(recording.len);
+                    for frame in frames {
+                        all.extend_from_slice(frame);
+                    }
+                    all.freeze()
+                }
+            }
         };
-        let mut request =
-            http::Request::new(tonic::body::Body::new(http_body_util::Full::new(data)));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        *request.extensions_mut() = self.extensions.clone();
-        Some(request)
+        let body = tonic::body::Body::new(http_body_util::Full::new(data));
+        Some(head.map(|()| body))
     }
 }
 
@@ -115,12 +174,13 @@ impl Body for Recorder {
             let mut recording = crate::sync::lock(&this.recording);
             match frame {
                 Some(Ok(frame)) => match frame.data_ref() {
-                    Some(data) if recording.data.len() + data.len() <= MAX_RECORDED => {
-                        recording.data.extend_from_slice(data);
+                    Some(data) if recording.len + data.len() <= MAX_RECORDED => {
+                        recording.len += data.len();
+                        recording.frames.push(data.clone());
                     }
                     _ => {
                         recording.spoiled = true;
-                        recording.data = BytesMut::new();
+                        recording.frames = Vec::new();
                     }
                 },
                 Some(Err(_)) => recording.spoiled = true,
@@ -162,7 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_sent_whole_is_replayed_with_the_same_head() {
-        let (replay, sent) = Replay::record(rpc(b"\0\0\0\0\x02hi"));
+        let (replay, sent) = Replay::record(rpc(b"\0\0\0\0\x02hi"), true);
         assert!(replay.again().is_none(), "nothing sent yet");
         let sent = sent.into_body().collect().await.unwrap().to_bytes();
         let again = replay.again().expect("the body ended");
@@ -177,7 +237,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_over_the_cap_is_not_replayed() {
         static BIG: [u8; MAX_RECORDED + 1] = [0; MAX_RECORDED + 1];
-        let (replay, sent) = Replay::record(rpc(&BIG));
+        let (replay, sent) = Replay::record(rpc(&BIG), true);
         sent.into_body().collect().await.unwrap();
         assert!(replay.again().is_none());
     }

@@ -4,8 +4,8 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -426,43 +426,70 @@ fn send_h2<B: RequestBody>(
         let error = err.into_error();
         let refused = replay::refused_unprocessed(&error);
         // Never written (hyper gave it back, its body unread), or refused
-        // unprocessed by the server: the caller's request, rebuilt.
+        // unprocessed by the server: the caller's request, rebuilt; or, when
+        // h2 had read its body, the head alone.
         let back = match handed_back {
             Some(req) => {
                 drop(req);
-                kept.restore()
+                Some(kept.restore())
             }
-            None if refused => kept.restore(),
+            None if refused => Some(kept.restore()),
             None => None,
         };
         match back {
-            Some(mut req) => {
+            Some(Ok(mut req)) => {
                 restore.undo(&mut req);
                 let cause: BoxError = if refused {
-                    RefusedUnprocessed(error).into()
+                    RefusedUnprocessed::new(error, None).into()
                 } else {
                     error.into()
                 };
                 Err(NotSent::new(req, cause).into())
             }
             // Refused unprocessed, but its body was read: the caller (the
-            // gRPC channel records bodies) may still send it again.
-            None if refused => Err(RefusedUnprocessed(error).into()),
-            None => Err(error.into()),
+            // gRPC channel records bodies) may still send it again, with
+            // this head.
+            Some(Err(mut head)) if refused => {
+                restore.undo(&mut head);
+                Err(RefusedUnprocessed::new(error, Some(head)).into())
+            }
+            _ => Err(error.into()),
         }
     })
 }
 
 /// The pod refused an HTTP/2 stream unprocessed (GOAWAY, `REFUSED_STREAM`;
 /// RFC 9113 §6.8, §8.7), so the request may go to another pod. Wrapped in a
-/// [`NotSent`] when the endpoint could rebuild the request; on its own when
-/// the body had been read, for a caller that kept a copy.
+/// [`NotSent`] when the endpoint could rebuild the request; on its own, with
+/// the request's head, when the body had been read, for a caller that kept
+/// the body (the gRPC channel), so that the caller need not copy the head
+/// of every request too.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the pod refused the HTTP/2 stream unprocessed (GOAWAY or REFUSED_STREAM), \
-     so it may go to another pod: {0}"
+     so it may go to another pod: {source}"
 )]
-pub(crate) struct RefusedUnprocessed(#[source] hyper::Error);
+pub(crate) struct RefusedUnprocessed {
+    #[source]
+    source: hyper::Error,
+    /// The request's head as the caller made it; taken once. Behind a lock
+    /// because errors are read through shared references.
+    head: Mutex<Option<http::Request<()>>>,
+}
+
+impl RefusedUnprocessed {
+    fn new(source: hyper::Error, head: Option<http::Request<()>>) -> Self {
+        Self {
+            source,
+            head: Mutex::new(head),
+        }
+    }
+
+    /// The refused request's head, if the endpoint kept it and nobody took it yet.
+    pub(crate) fn take_head(&self) -> Option<http::Request<()>> {
+        crate::sync::lock(&self.head).take()
+    }
+}
 
 /// Sends `req` on an HTTP/1.1 connection; the response, or a [`NotSent`]
 /// carrying the request back when it may go to another pod (the rule in

@@ -212,16 +212,24 @@ impl<B> KeptHead<B> {
         (saved, http::Request::from_parts(parts, body))
     }
 
-    /// The request as the caller made it, if its body came back unread.
-    pub(crate) fn restore(self) -> Option<http::Request<B>> {
-        let body = crate::sync::lock(&self.slot).take()?;
+    /// The request as the caller made it, if its body came back unread;
+    /// else its head alone, for a caller that kept the body.
+    pub(crate) fn restore(self) -> Result<http::Request<B>, http::Request<()>> {
+        let body = crate::sync::lock(&self.slot).take();
+        match body {
+            Some(body) => Ok(self.with_body(body)),
+            None => Err(self.with_body(())),
+        }
+    }
+
+    fn with_body<T>(self, body: T) -> http::Request<T> {
         let mut request = http::Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers;
         *request.extensions_mut() = self.extensions;
-        Some(request)
+        request
     }
 }
 
@@ -295,7 +303,7 @@ mod h2_tests {
     fn an_unread_body_comes_back_with_the_whole_head() {
         let (saved, sent) = KeptHead::take(request());
         drop(sent);
-        let back = saved.restore().expect("the body was never read");
+        let back = saved.restore().ok().expect("the body was never read");
         assert_eq!(back.method(), Method::POST);
         assert_eq!(back.uri(), "http://web.default.svc.cluster.local/x");
         assert_eq!(back.headers()["x-id"], "7");
@@ -311,7 +319,7 @@ mod h2_tests {
         let frame = futures::executor::block_on(body.frame());
         assert!(frame.is_some());
         drop(body);
-        assert!(saved.restore().is_none());
+        assert!(saved.restore().is_err());
     }
 
     #[test]
