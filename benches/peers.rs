@@ -6,19 +6,19 @@
 //! cargo bench --all-features --bench peers                 # about 5½ minutes
 //! cargo bench --all-features --bench peers -- --quick      # smoke run, ~80 s
 //!     [--markdown PATH] [--json PATH] [--scenarios 1,2,…]
-//!     [--kinds KEY,…] [--concurrencies N,…] [--round-secs S]
+//!     [--kinds KEY,…] [--concurrencies N,…] [--seconds S]
 //! ```
 //!
-//! `--kinds` runs only the named contenders in scenarios 1 to 5 (`http-ours`,
-//! `round-robin`, `random`, `direct`, `http-tower`, `grpc-ours`, `tonic`,
-//! `ginepro`), `--concurrencies` sets
-//! scenario 1's, and `--round-secs` the length of each of its two rounds per
-//! contender (1 s by default). Together they run one contender for long
-//! enough to profile it:
+//! `--kinds` runs only the named contenders in scenarios 1 to 5
+//! (`http-ours`, `round-robin`, `random`, `direct`, `http-tower`,
+//! `grpc-ours`, `tonic`, `ginepro`), `--concurrencies` sets scenario 1's,
+//! and `--seconds` how long each contender runs at each of them (2 s by
+//! default, in 8 rounds that alternate the contenders' order). Together they
+//! run one contender long enough to profile it:
 //!
 //! ```text
 //! perf record -g -- target/release/deps/peers-HASH --scenarios 1 \
-//!     --kinds http-ours --concurrencies 16 --round-secs 10
+//!     --kinds http-ours --concurrencies 16 --seconds 20
 //! ```
 //!
 //! Defaults: `target/peers/report.md` and `target/peers/report.json`; SVG
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let mut scenarios = None;
     let mut kinds = None;
     let mut concurrencies = None;
-    let mut round = None;
+    let mut healthy_time = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -106,14 +106,14 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            "--round-secs" => {
+            "--seconds" => {
                 let value = args.next().unwrap_or_default();
                 match value.parse::<f64>() {
                     Ok(s) if s.is_finite() && (0.01..=3600.0).contains(&s) => {
-                        round = Some(Duration::from_secs_f64(s))
+                        healthy_time = Some(Duration::from_secs_f64(s))
                     }
                     _ => {
-                        eprintln!("error: --round-secs takes seconds from 0.01 to 3600, e.g. 10");
+                        eprintln!("error: --seconds takes seconds from 0.01 to 3600, e.g. 20");
                         return ExitCode::from(2);
                     }
                 }
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
     if let Some(c) = concurrencies {
         opts.concurrencies = c;
     }
-    opts.round = round;
+    opts.healthy_time = healthy_time;
     let started = Instant::now();
     let report = peers_core::run(&opts);
     let md = report.markdown();

@@ -29,10 +29,9 @@ pub struct Options {
     pub concurrencies: Vec<usize>,
     /// Pods per cluster (4 unless a smoke test asks for fewer).
     pub pods: usize,
-    /// Length of each of scenario 1's two rounds per contender and
-    /// concurrency, when not the default (1 s, quick 0.2 s): longer rounds
-    /// for a profiler.
-    pub round: Option<Duration>,
+    /// Time each contender runs at each concurrency in scenario 1, when not
+    /// the default (2 s, quick 0.4 s): longer for a profiler.
+    pub healthy_time: Option<Duration>,
 }
 
 impl Options {
@@ -43,7 +42,7 @@ impl Options {
             kinds: Kind::ALL.to_vec(),
             concurrencies: vec![1, 16, 64],
             pods: 4,
-            round: None,
+            healthy_time: None,
         }
     }
 
@@ -55,6 +54,9 @@ impl Options {
 
 /// The slow pod's extra latency in scenario 2.
 const SLOW: Duration = Duration::from_millis(40);
+/// Rounds per contender and concurrency in scenario 1, alternately in
+/// forward and reverse order.
+const HEALTHY_ROUNDS: u32 = 8;
 /// Requests in flight in scenarios 2 to 4.
 const CONCURRENCY: usize = 16;
 /// TTL of the records when nothing changes.
@@ -240,15 +242,20 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
                 }
             }
         }
-        let half = opts.round.unwrap_or_else(|| opts.secs(1.0, 0.2));
+        // Short rounds, in alternating order, so that a burst of other work
+        // on the machine (seconds long) falls on every contender alike.
+        let round_time = opts.healthy_time.unwrap_or_else(|| opts.secs(2.0, 0.4)) / HEALTHY_ROUNDS;
         for &c in &opts.concurrencies {
             let mut runs: Vec<(Vec<Sample>, Duration, Option<u64>)> =
                 vec![(Vec::new(), Duration::ZERO, Some(0)); built.len()];
             let forward: Vec<usize> = (0..built.len()).collect();
-            for order in [forward.clone(), forward.into_iter().rev().collect()] {
-                for i in order {
+            let reverse: Vec<usize> = forward.iter().rev().copied().collect();
+            for r in 0..HEALTHY_ROUNDS {
+                let order = if r % 2 == 0 { &forward } else { &reverse };
+                for &i in order {
                     let cpu_before = client_cpu_ns();
-                    let run = client_rt.block_on(drive(built[i].sender.fork(), c, half, None));
+                    let run =
+                        client_rt.block_on(drive(built[i].sender.fork(), c, round_time, None));
                     let cpu = cpu_before
                         .zip(client_cpu_ns())
                         .map(|(a, b)| b.saturating_sub(a));
