@@ -2,7 +2,7 @@
 //! allocator that the bench binary installs (`#[global_allocator]`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 
 use tower::ServiceExt;
 
@@ -12,6 +12,7 @@ use super::immediate;
 pub struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 // SAFETY: every call is forwarded unchanged to `System`; the counters are
@@ -20,6 +21,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         INSTALLED.store(true, Ordering::Relaxed);
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract is `System`'s.
         unsafe { System.alloc(layout) }
     }
@@ -31,6 +33,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
@@ -38,6 +41,14 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract is `System`'s.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
+}
+
+/// Heap allocations so far in the whole process (every thread), or None
+/// when [`Counting`] is not the global allocator.
+pub fn allocations() -> Option<u64> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| ALLOCATIONS.load(Ordering::Relaxed))
 }
 
 /// Live heap bytes, or None when [`Counting`] is not the global allocator.

@@ -142,6 +142,9 @@ pub struct LoadRow {
     pub summary: Option<Summary>,
     /// CPU time of the client's threads per request (the pods' left out).
     pub cpu_us_per_request: Option<f64>,
+    /// Heap allocations per request in the whole process (pods included:
+    /// theirs are the same for every contender of a protocol).
+    pub allocations_per_request: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -252,6 +255,7 @@ impl LoadRow {
             concurrency,
             summary: None,
             cpu_us_per_request: None,
+            allocations_per_request: None,
             error: Some(error),
         }
     }
@@ -457,9 +461,9 @@ impl Report {
         let _ = writeln!(md, "### 1. All pods healthy\n");
         let _ = writeln!(
             md,
-            "| contender | protocol | concurrency | req/s | req/s × | p50 ms | p99 ms | p99 × | p99.9 ms | errors | client CPU µs/req | CPU × |"
+            "| contender | protocol | concurrency | req/s | req/s × | p50 ms | p99 ms | p99 × | p99.9 ms | errors | client CPU µs/req | CPU × | allocations/req |"
         );
-        let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for row in &self.healthy {
             let ours = self.healthy.iter().find(|r| {
                 r.protocol == row.protocol
@@ -471,7 +475,7 @@ impl Report {
             let s = row.summary.as_ref();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 name(&row.contender, &row.error),
                 row.protocol,
                 row.concurrency,
@@ -484,6 +488,7 @@ impl Report {
                 s.map_or_else(|| "—".to_owned(), |s| s.errors.to_string()),
                 opt(row.cpu_us_per_request, 2),
                 ratio(row.cpu_us_per_request, ours_cpu),
+                opt(row.allocations_per_request, 1),
             );
         }
         let _ = writeln!(md);

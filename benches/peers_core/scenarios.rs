@@ -246,38 +246,48 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
         // on the machine (seconds long) falls on every contender alike.
         let round_time = opts.healthy_time.unwrap_or_else(|| opts.secs(2.0, 0.4)) / HEALTHY_ROUNDS;
         for &c in &opts.concurrencies {
-            let mut runs: Vec<(Vec<Sample>, Duration, Option<u64>)> =
-                vec![(Vec::new(), Duration::ZERO, Some(0)); built.len()];
+            let mut runs: Vec<(Vec<Sample>, Duration, Option<u64>, Option<u64>)> =
+                vec![(Vec::new(), Duration::ZERO, Some(0), Some(0)); built.len()];
             let forward: Vec<usize> = (0..built.len()).collect();
             let reverse: Vec<usize> = forward.iter().rev().copied().collect();
             for r in 0..HEALTHY_ROUNDS {
                 let order = if r % 2 == 0 { &forward } else { &reverse };
                 for &i in order {
                     let cpu_before = client_cpu_ns();
+                    let allocations_before = memory::allocations();
                     let run =
                         client_rt.block_on(drive(built[i].sender.fork(), c, round_time, None));
+                    let allocations = allocations_before
+                        .zip(memory::allocations())
+                        .map(|(a, b)| b.saturating_sub(a));
                     let cpu = cpu_before
                         .zip(client_cpu_ns())
                         .map(|(a, b)| b.saturating_sub(a));
                     runs[i].0.extend(run.samples);
                     runs[i].1 += run.elapsed;
                     runs[i].2 = runs[i].2.zip(cpu).map(|(sum, ns)| sum + ns);
+                    runs[i].3 = runs[i].3.zip(allocations).map(|(sum, n)| sum + n);
                 }
             }
-            for (contender, (samples, elapsed, cpu_ns)) in built.iter().zip(runs) {
+            for (contender, (samples, elapsed, cpu_ns, allocations)) in built.iter().zip(runs) {
                 let summary = Summary::of(&samples, elapsed);
                 let mut row = LoadRow::of(contender.kind, c, summary.clone());
+                let per_request = |total: u64| total as f64 / summary.requests as f64;
                 row.cpu_us_per_request = cpu_ns
                     .filter(|_| summary.requests > 0)
-                    .map(|ns| round(ns as f64 / 1e3 / summary.requests as f64, 2));
+                    .map(|ns| round(per_request(ns) / 1e3, 2));
+                row.allocations_per_request = allocations
+                    .filter(|_| summary.requests > 0)
+                    .map(|n| round(per_request(n), 1));
+                let show = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| v.to_string());
                 progress(format_args!(
-                    "1 healthy, {} c={c}: {:.0} req/s, p99 {} ms, {} errors, client CPU {} µs/request",
+                    "1 healthy, {} c={c}: {:.0} req/s, p99 {} ms, {} errors, client CPU {} µs/request, {} allocations/request",
                     contender.kind.name(),
                     summary.rps,
                     summary.p99_ms,
                     summary.errors,
-                    row.cpu_us_per_request
-                        .map_or_else(|| "—".to_owned(), |us| us.to_string()),
+                    show(row.cpu_us_per_request),
+                    show(row.allocations_per_request),
                 ));
                 rows.push(row);
             }
@@ -580,6 +590,7 @@ impl LoadRow {
             concurrency,
             summary: Some(summary),
             cpu_us_per_request: None,
+            allocations_per_request: None,
             error: None,
         }
     }

@@ -120,11 +120,19 @@ where
 {
     /// Sends `request` to an endpoint `route` allows, in a `request` span of its own.
     pub(crate) fn call_routed(&self, request: Req, route: Route<S>) -> ResponseFuture<C::Output> {
+        Box::pin(self.dispatch_routed(request, route))
+    }
+
+    /// [`call_routed`](Self::call_routed), unboxed: for a caller that boxes
+    /// its own future around it, so that a request costs one allocation for
+    /// both.
+    pub(crate) fn dispatch_routed(
+        &self,
+        request: Req,
+        route: Route<S>,
+    ) -> impl Future<Output = Result<C::Output, BalanceError>> + Send + 'static {
         let span = crate::metrics::request_span(&self.config.target);
-        Box::pin(tracing::Instrument::instrument(
-            dispatch(self.clone(), request, route),
-            span,
-        ))
+        tracing::Instrument::instrument(dispatch(self.clone(), request, route), span)
     }
 
     /// Sends `request` to `endpoint` (a hedge picked with [`pick_avoiding`](Self::pick_avoiding)),

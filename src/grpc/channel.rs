@@ -261,7 +261,7 @@ async fn send<S: HttpService<RequestBody>>(
     tried: Option<Arc<Tried>>,
 ) -> Result<http::Response<ResponseBody>, crate::BalanceError> {
     let first = balancer
-        .call_routed(request, tried.clone().map_or(Route::Any, Route::Tracked))
+        .dispatch_routed(request, tried.clone().map_or(Route::Any, Route::Tracked))
         .await;
     match first {
         Err(err) if replay::refused_unprocessed(&err) => match replay.borrow().again_after(&err) {
@@ -271,7 +271,7 @@ async fn send<S: HttpService<RequestBody>>(
                 if let crate::BalanceError::Endpoint { endpoint, .. } = &err {
                     tried.add(*endpoint);
                 }
-                balancer.call_routed(again, Route::Tracked(tried)).await
+                balancer.dispatch_routed(again, Route::Tracked(tried)).await
             }
             None => Err(err),
         },

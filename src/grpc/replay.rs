@@ -59,8 +59,10 @@ struct Head {
 #[derive(Default)]
 struct Recording {
     /// The data frames as sent: `Bytes` share the sender's buffers, so
-    /// recording copies no bytes.
-    frames: Vec<Bytes>,
+    /// recording copies no bytes. The first apart, so that a unary RPC's
+    /// single frame allocates nothing.
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
     /// Bytes in `frames`.
     len: usize,
     /// The body ended (without trailers: gRPC request bodies have none).
@@ -141,12 +143,12 @@ impl Replay {
             if !recording.complete || recording.spoiled {
                 return None;
             }
-            match recording.frames.as_slice() {
-                [] => Bytes::new(),
-                [one] => one.clone(),
-                frames => {
+            match (&recording.first, recording.rest.as_slice()) {
+                (None, _) => Bytes::new(),
+                (Some(one), []) => one.clone(),
+                (Some(first), rest) => {
                     let mut all = BytesMut::with_capacity(recording.len);
-                    for frame in frames {
+                    for frame in std::iter::once(first).chain(rest) {
                         all.extend_from_slice(frame);
                     }
                     all.freeze()
@@ -176,11 +178,15 @@ impl Body for Recorder {
                 Some(Ok(frame)) => match frame.data_ref() {
                     Some(data) if recording.len + data.len() <= MAX_RECORDED => {
                         recording.len += data.len();
-                        recording.frames.push(data.clone());
+                        match recording.first {
+                            None => recording.first = Some(data.clone()),
+                            Some(_) => recording.rest.push(data.clone()),
+                        }
                     }
                     _ => {
                         recording.spoiled = true;
-                        recording.frames = Vec::new();
+                        recording.first = None;
+                        recording.rest = Vec::new();
                     }
                 },
                 Some(Err(_)) => recording.spoiled = true,
@@ -231,6 +237,27 @@ mod tests {
         assert_eq!(again.headers()["grpc-timeout"], "100m");
         assert_eq!(again.extensions().get::<u8>(), Some(&7));
         let replayed = again.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(replayed, sent);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_several_frames_is_replayed_whole_after_a_refusal() {
+        let frames = [&b"\0\0\0\0"[..], b"\x03", b"abc"]
+            .map(|f| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(f))));
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut request = http::Request::post("/x.Y/Z")
+            .body(tonic::body::Body::new(body))
+            .unwrap();
+        request.extensions_mut().insert(7u8);
+        // Without hedging no head is copied: it comes back with the refusal.
+        let (replay, sent) = Replay::record(request, false);
+        let head = http::Request::post("/x.Y/Z").body(()).unwrap();
+        let sent = sent.into_body().collect().await.unwrap().to_bytes();
+        assert!(replay.again().is_none(), "no head was kept");
+        let again = replay.again_with(head).expect("the body ended");
+        assert_eq!(again.uri(), "/x.Y/Z");
+        let replayed = again.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&replayed[..], b"\0\0\0\0\x03abc");
         assert_eq!(replayed, sent);
     }
 

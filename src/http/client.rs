@@ -184,16 +184,25 @@ where
     /// to a second pod, returning the first answer.
     pub fn request(&self, request: http::Request<B>) -> ResponseFuture {
         let balancer = &self.inner.balancer;
-        let call = match &self.inner.hedging {
-            None => balancer.call_routed(request, Route::Any),
+        match &self.inner.hedging {
             Some(hedging) => {
                 hedging.deposit();
                 match hedge_copy(&request) {
-                    Some(copy) => send_hedged(hedging.clone(), balancer, request, copy),
-                    None => balancer.call_routed(request, Route::Any),
+                    Some(copy) => {
+                        self.finish(send_hedged(hedging.clone(), balancer, request, copy))
+                    }
+                    None => self.finish(balancer.dispatch_routed(request, Route::Any)),
                 }
             }
-        };
+            None => self.finish(balancer.dispatch_routed(request, Route::Any)),
+        }
+    }
+
+    /// `call` with the request timeout, boxed once.
+    fn finish<F>(&self, call: F) -> ResponseFuture
+    where
+        F: Future<Output = Result<http::Response<Body>, crate::BalanceError>> + Send + 'static,
+    {
         let Some(after) = self.request_timeout else {
             return Box::pin(async move { Ok(call.await?) });
         };
