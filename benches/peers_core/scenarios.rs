@@ -246,8 +246,7 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
         // on the machine (seconds long) falls on every contender alike.
         let round_time = opts.healthy_time.unwrap_or_else(|| opts.secs(2.0, 0.4)) / HEALTHY_ROUNDS;
         for &c in &opts.concurrencies {
-            let mut runs: Vec<(Vec<Sample>, Duration, Option<u64>, Option<u64>)> =
-                vec![(Vec::new(), Duration::ZERO, Some(0), Some(0)); built.len()];
+            let mut runs: Vec<Tally> = vec![Tally::default(); built.len()];
             let forward: Vec<usize> = (0..built.len()).collect();
             let reverse: Vec<usize> = forward.iter().rev().copied().collect();
             for r in 0..HEALTHY_ROUNDS {
@@ -263,13 +262,20 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
                     let cpu = cpu_before
                         .zip(client_cpu_ns())
                         .map(|(a, b)| b.saturating_sub(a));
-                    runs[i].0.extend(run.samples);
-                    runs[i].1 += run.elapsed;
-                    runs[i].2 = runs[i].2.zip(cpu).map(|(sum, ns)| sum + ns);
-                    runs[i].3 = runs[i].3.zip(allocations).map(|(sum, n)| sum + n);
+                    let tally = &mut runs[i];
+                    tally.samples.extend(run.samples);
+                    tally.elapsed += run.elapsed;
+                    tally.cpu_ns = tally.cpu_ns.zip(cpu).map(|(sum, ns)| sum + ns);
+                    tally.allocations = tally.allocations.zip(allocations).map(|(sum, n)| sum + n);
                 }
             }
-            for (contender, (samples, elapsed, cpu_ns, allocations)) in built.iter().zip(runs) {
+            for (contender, tally) in built.iter().zip(runs) {
+                let Tally {
+                    samples,
+                    elapsed,
+                    cpu_ns,
+                    allocations,
+                } = tally;
                 let summary = Summary::of(&samples, elapsed);
                 let mut row = LoadRow::of(contender.kind, c, summary.clone());
                 let per_request = |total: u64| total as f64 / summary.requests as f64;
@@ -294,6 +300,27 @@ fn healthy(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<LoadRo
         }
     }
     rows
+}
+
+/// What one contender's rounds at one concurrency measured, summed.
+#[derive(Clone)]
+struct Tally {
+    samples: Vec<Sample>,
+    elapsed: Duration,
+    /// None once a reading was not available.
+    cpu_ns: Option<u64>,
+    allocations: Option<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            samples: Vec::new(),
+            elapsed: Duration::ZERO,
+            cpu_ns: Some(0),
+            allocations: Some(0),
+        }
+    }
 }
 
 // ===== 2: one pod of four 40 ms slower =====

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use super::error::BoxError;
 use super::pool::{Checkout, Conn, H1Conn, Pool};
-use super::replay::{self, GiveBack, KeptHead, SendBody};
+use super::replay::{self, GiveBack, KeptHead, Restored, SendBody};
 use super::rewrite::{Addressing, Restore};
 use super::{Connect, RequestBody, TcpConnector};
 use crate::endpoint::{Endpoint, MakeEndpoint};
@@ -437,7 +437,7 @@ fn send_h2<B: RequestBody>(
             None => None,
         };
         match back {
-            Some(Ok(mut req)) => {
+            Some(Restored::Whole(mut req)) => {
                 restore.undo(&mut req);
                 let cause: BoxError = if refused {
                     RefusedUnprocessed::new(error, None).into()
@@ -449,7 +449,7 @@ fn send_h2<B: RequestBody>(
             // Refused unprocessed, but its body was read: the caller (the
             // gRPC channel records bodies) may still send it again, with
             // this head.
-            Some(Err(mut head)) if refused => {
+            Some(Restored::Head(mut head)) if refused => {
                 restore.undo(&mut head);
                 Err(RefusedUnprocessed::new(error, Some(head)).into())
             }

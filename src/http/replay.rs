@@ -180,6 +180,14 @@ pub(crate) struct KeptHead<B> {
     slot: Arc<Mutex<Option<B>>>,
 }
 
+/// What [`KeptHead::restore`] rebuilt.
+pub(crate) enum Restored<B> {
+    /// The whole request: its body came back unread.
+    Whole(http::Request<B>),
+    /// The head alone: the body was read (sent, at least in part).
+    Head(http::Request<()>),
+}
+
 /// A request body that goes back to its [`KeptHead`] head if it is dropped
 /// before anyone polled it.
 pub(crate) struct GiveBack<B> {
@@ -214,11 +222,11 @@ impl<B> KeptHead<B> {
 
     /// The request as the caller made it, if its body came back unread;
     /// else its head alone, for a caller that kept the body.
-    pub(crate) fn restore(self) -> Result<http::Request<B>, http::Request<()>> {
+    pub(crate) fn restore(self) -> Restored<B> {
         let body = crate::sync::lock(&self.slot).take();
         match body {
-            Some(body) => Ok(self.with_body(body)),
-            None => Err(self.with_body(())),
+            Some(body) => Restored::Whole(self.with_body(body)),
+            None => Restored::Head(self.with_body(())),
         }
     }
 
@@ -303,7 +311,9 @@ mod h2_tests {
     fn an_unread_body_comes_back_with_the_whole_head() {
         let (saved, sent) = KeptHead::take(request());
         drop(sent);
-        let back = saved.restore().ok().expect("the body was never read");
+        let Restored::Whole(back) = saved.restore() else {
+            panic!("the body was never read");
+        };
         assert_eq!(back.method(), Method::POST);
         assert_eq!(back.uri(), "http://web.default.svc.cluster.local/x");
         assert_eq!(back.headers()["x-id"], "7");
@@ -319,7 +329,7 @@ mod h2_tests {
         let frame = futures::executor::block_on(body.frame());
         assert!(frame.is_some());
         drop(body);
-        assert!(saved.restore().is_err());
+        assert!(matches!(saved.restore(), Restored::Head(_)));
     }
 
     #[test]
