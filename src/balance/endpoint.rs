@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use crate::log::WarnGate;
@@ -63,8 +63,10 @@ pub(crate) struct Endpoint<S> {
     pub(crate) service: S,
     state: AtomicU8,
     pub(crate) load: Load,
-    /// Wakes the background task's watcher when a request marks it unhealthy.
-    pub(crate) unhealthy: Notify,
+    /// Where a request that marks the endpoint unhealthy tells the
+    /// background task (a channel shared by every endpoint of the balancer,
+    /// rather than something to wait on per endpoint).
+    unhealthy: UnboundedSender<SocketAddr>,
 }
 
 /// The counters a [`PendingGuard`](super::PendingGuard) and the pick need,
@@ -119,6 +121,8 @@ impl EndpointState {
 // ===== impl Endpoint =====
 
 impl<S> Endpoint<S> {
+    /// A Connecting endpoint; `unhealthy` is where [`mark_unhealthy`](Self::mark_unhealthy)
+    /// sends its address.
     pub(crate) fn new(
         addr: SocketAddr,
         service: S,
@@ -126,6 +130,7 @@ impl<S> Endpoint<S> {
         decay: Duration,
         failure_accrual: u32,
         metrics: crate::metrics::EndpointMetrics,
+        unhealthy: UnboundedSender<SocketAddr>,
     ) -> Self {
         Self {
             addr,
@@ -146,7 +151,7 @@ impl<S> Endpoint<S> {
                 epoch: Instant::now(),
                 metrics,
             },
-            unhealthy: Notify::new(),
+            unhealthy,
         }
     }
 
@@ -180,7 +185,9 @@ impl<S> Endpoint<S> {
         if moved {
             self.load.metrics.state(EndpointState::Backoff);
             tracing::debug!(endpoint = %self.addr, state = ?EndpointState::Backoff, "endpoint state changed by a failed request");
-            self.unhealthy.notify_one();
+            // Fails only once the background task has ended (the balancer
+            // was dropped): then nobody reconnects endpoints any more.
+            let _ = self.unhealthy.send(self.addr);
         }
     }
 

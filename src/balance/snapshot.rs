@@ -15,10 +15,12 @@ use crate::sync::lock;
 /// every change; read by requests without a lock.
 #[derive(Debug)]
 pub(crate) struct Snapshot<S> {
-    /// Endpoints that were Ready at publication, by address.
-    ready: Vec<Arc<Endpoint<S>>>,
-    /// Every endpoint discovery currently lists, by address.
-    all: Vec<Arc<Endpoint<S>>>,
+    /// Endpoints that were Ready at publication, by address. A boxed slice:
+    /// no spare capacity, one pointer per endpoint.
+    ready: Box<[Arc<Endpoint<S>>]>,
+    /// Every endpoint this client uses, by address: the background task's
+    /// own list, shared rather than copied.
+    all: Arc<[Arc<Endpoint<S>>]>,
     /// Endpoints that discovery removed and that may still serve requests.
     /// Weak, so that the snapshot does not keep their services alive.
     draining: Vec<Weak<Endpoint<S>>>,
@@ -41,8 +43,8 @@ pub(crate) struct Shared<S> {
 impl<S> Snapshot<S> {
     /// Builds a snapshot from the listed endpoints (sorted by address) and the
     /// draining ones.
-    pub(crate) fn new(all: Vec<Arc<Endpoint<S>>>, draining: Vec<Weak<Endpoint<S>>>) -> Self {
-        let ready: Vec<_> = all
+    pub(crate) fn new(all: Arc<[Arc<Endpoint<S>>]>, draining: Vec<Weak<Endpoint<S>>>) -> Self {
+        let ready: Box<[_]> = all
             .iter()
             .filter(|e| e.state() == EndpointState::Ready)
             .cloned()
@@ -62,7 +64,7 @@ impl<S> Snapshot<S> {
     }
 
     fn empty() -> Self {
-        Self::new(Vec::new(), Vec::new())
+        Self::new(Arc::new([]), Vec::new())
     }
 
     /// P2C over the ready endpoints; in panic mode over all backing-off ones.
@@ -145,7 +147,7 @@ impl<S> Shared<S> {
     /// The listed endpoints' RTT estimates at `now`, Ready ones only when there are any.
     pub(crate) fn peer_estimates(&self, now: Instant) -> Vec<f64> {
         let snapshot = self.snapshot.load();
-        let peers = if snapshot.ready.is_empty() {
+        let peers: &[_] = if snapshot.ready.is_empty() {
             &snapshot.all
         } else {
             &snapshot.ready

@@ -8,8 +8,14 @@
 //! ```
 //!
 //! Every transition happens here (a request only flips Ready to Backoff and
-//! wakes this task), and every one is followed by a new snapshot, so discovery
-//! and reconnections progress whether or not requests flow.
+//! tells this task, through one channel per balancer), and every one is
+//! followed by a new snapshot, so discovery and reconnections progress
+//! whether or not requests flow.
+//!
+//! What the task keeps per endpoint is what a Ready endpoint needs: a pointer
+//! in the member list, which the published snapshot shares. Connection
+//! attempts (a future, its abort handle, the failure count for the backoff)
+//! exist only while an endpoint is Connecting or backing off.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -21,6 +27,7 @@ use std::time::Duration;
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower::discover::{Change, Discover};
@@ -35,41 +42,62 @@ use super::snapshot::{Shared, Snapshot};
 use super::subset::{ClientIdentity, Subset};
 use crate::log::{WarnGate, warn_or_debug};
 
-/// What one step of an endpoint's connection driver ended with.
+/// What a connection attempt ended with.
 enum Readiness {
     /// `ready()` succeeded.
     Connected,
     /// `ready()` failed.
     ConnectFailed(BoxError),
-    /// A request found the endpoint unhealthy (it is Backoff already).
-    Unhealthy,
 }
 
+/// A finished connection attempt.
 struct Step<S> {
     endpoint: Arc<Endpoint<S>>,
     outcome: Readiness,
+    /// The endpoint's failures before this attempt.
+    failures: Failures,
 }
 
-/// One listed endpoint, as the task tracks it.
-struct Entry<S> {
-    endpoint: Arc<Endpoint<S>>,
-    /// Cancels the endpoint's current step when discovery removes it.
-    step: AbortHandle,
-    /// Connection failures in a row, for the backoff delay.
-    failures: u32,
+/// What the task remembers of an endpoint's failures between connection
+/// attempts. Both reset when it connects, so a Ready endpoint has nothing
+/// to remember: the record travels with each attempt instead of living in a
+/// per-endpoint entry.
+#[derive(Debug, Clone, Copy, Default)]
+struct Failures {
+    /// Failures in a row (connection attempts, or the request that marked
+    /// the endpoint unhealthy), for the backoff delay.
+    count: u32,
     /// A connection attempt failed since the endpoint was last Ready: the
     /// pod was gone, and may come back as a new process.
     connect_failed: bool,
 }
 
+// ===== impl Failures =====
+
+impl Failures {
+    /// The failures in a row the backoff delay counts: a run of failed
+    /// requests backs off as long as failed connects would.
+    fn in_a_row<S>(&self, endpoint: &Endpoint<S>) -> u32 {
+        self.count.max(endpoint.load.failures_past_accrual())
+    }
+}
+
 struct Task<Req, S> {
     shared: Arc<Shared<S>>,
     config: Config,
-    /// Every address discovery lists, with its service while it is not in
-    /// `endpoints` (outside the subset); a member's service lives in its
-    /// endpoint only, so that the balancer holds one copy of each.
-    listed: BTreeMap<SocketAddr, Option<S>>,
-    /// `listed` changed since the members were last chosen.
+    /// The endpoints this client uses, sorted by address: every listed
+    /// address, or the subset's members. The published snapshot shares this
+    /// list (one pointer per endpoint for both); a change builds a new one.
+    /// An endpoint removed by discovery stays here, Draining, until the
+    /// members are next chosen (before the next publication).
+    members: Arc<[Arc<Endpoint<S>>]>,
+    /// Listed addresses outside `members` (outside the subset, or listed
+    /// since the members were last chosen), with their services. Together
+    /// with the members that are not Draining, every address discovery
+    /// lists; a member's service lives in its endpoint only, so that the
+    /// balancer holds one copy of each.
+    idle: BTreeMap<SocketAddr, S>,
+    /// The listed set changed since the members were last chosen.
     listed_changed: bool,
     /// The subset rule when the listed set is larger than the client may use.
     subset: Option<Subset>,
@@ -80,10 +108,15 @@ struct Task<Req, S> {
     budget_warned: bool,
     /// First connection attempts under way at once are bounded by its permits.
     connects: Arc<Semaphore>,
-    /// The listed endpoints this client uses (all of `listed`, or its subset).
-    endpoints: BTreeMap<SocketAddr, Entry<S>>,
     draining: Vec<Weak<Endpoint<S>>>,
+    /// Connection attempts under way (endpoints Connecting or backing off).
     steps: FuturesUnordered<Abortable<BoxFuture<'static, Step<S>>>>,
+    /// Cancels a member's attempt when discovery removes it.
+    aborts: BTreeMap<SocketAddr, AbortHandle>,
+    /// Addresses of endpoints that requests marked unhealthy.
+    unhealthy: UnboundedReceiver<SocketAddr>,
+    /// Its sender, cloned into every new endpoint.
+    unhealthy_tx: UnboundedSender<SocketAddr>,
     /// The peers' typical RTT, computed once per batch of inserts.
     typical_rtt: Option<Duration>,
     dirty: bool,
@@ -116,18 +149,22 @@ pub(crate) async fn run<D, Req, S>(
     let connects = Arc::new(Semaphore::new(
         config.connect_concurrency.clamp(1, Semaphore::MAX_PERMITS),
     ));
+    let (unhealthy_tx, unhealthy) = mpsc::unbounded_channel();
     let mut task = Task::<Req, S> {
         shared,
         config,
-        listed: BTreeMap::new(),
+        members: Arc::new([]),
+        idle: BTreeMap::new(),
         listed_changed: false,
         subset,
         budget_subset,
         budget_warned: false,
         connects,
-        endpoints: BTreeMap::new(),
         draining: Vec::new(),
         steps: FuturesUnordered::new(),
+        aborts: BTreeMap::new(),
+        unhealthy,
+        unhealthy_tx,
         typical_rtt: None,
         dirty: false,
         discover_warn_gate: WarnGate::new(),
@@ -144,6 +181,8 @@ pub(crate) async fn run<D, Req, S>(
             Some(step) = task.steps.next(), if !task.steps.is_empty() => {
                 task.on_step(step);
             }
+            // Never None: the task holds a sender.
+            Some(addr) = task.unhealthy.recv() => task.on_unhealthy(addr),
             () = metrics_tick.tick() => task.sample_metrics(),
         }
         // Apply whatever else is ready before publishing once.
@@ -155,6 +194,9 @@ pub(crate) async fn run<D, Req, S>(
         }
         while let Some(Some(step)) = task.steps.next().now_or_never() {
             task.on_step(step);
+        }
+        while let Ok(addr) = task.unhealthy.try_recv() {
+            task.on_unhealthy(addr);
         }
         task.choose_members();
         task.publish();
@@ -181,18 +223,19 @@ where
                 // tower's contract: an Insert for a known key replaces its
                 // service. The old endpoint drains; the new one is added
                 // when members are chosen, if it is one.
-                if self.endpoints.contains_key(&addr) {
-                    self.remove(addr);
+                if let Some(endpoint) = self.member(addr).cloned() {
+                    self.drain(&endpoint);
                 }
-                self.listed.insert(addr, Some(service));
+                self.idle.insert(addr, service);
                 self.listed_changed = true;
             }
             Some(Ok(Change::Remove(addr))) => {
-                if self.listed.remove(&addr).is_none() {
-                    tracing::debug!(endpoint = %addr, "remove of an unknown endpoint ignored");
+                let member = self.member(addr).cloned();
+                if let Some(endpoint) = &member {
+                    self.drain(endpoint);
                 }
-                if self.endpoints.contains_key(&addr) {
-                    self.remove(addr);
+                if self.idle.remove(&addr).is_none() && member.is_none() {
+                    tracing::debug!(endpoint = %addr, "remove of an unknown endpoint ignored");
                 }
                 self.listed_changed = true;
             }
@@ -212,22 +255,46 @@ where
         true
     }
 
-    /// Brings `endpoints` in line with the members of `listed`: every listed
-    /// endpoint, or the subset's members when a subset applies. Runs once
-    /// per batch of discovery changes, before the snapshot is published.
+    /// The member at `addr`, unless discovery removed it (it is Draining
+    /// until the members are next chosen).
+    fn member(&self, addr: SocketAddr) -> Option<&Arc<Endpoint<S>>> {
+        let i = self.members.binary_search_by_key(&addr, |e| e.addr).ok()?;
+        Some(&self.members[i]).filter(|e| e.state() != EndpointState::Draining)
+    }
+
+    /// `endpoint` is a member that discovery has not removed, not one it
+    /// removed or replaced.
+    fn is_member(&self, endpoint: &Arc<Endpoint<S>>) -> bool {
+        self.member(endpoint.addr)
+            .is_some_and(|e| Arc::ptr_eq(e, endpoint))
+    }
+
+    /// Brings the members in line with the listed set: every listed address,
+    /// or the subset's members when a subset applies. Runs once per batch of
+    /// discovery changes, before the snapshot is published.
     fn choose_members(&mut self) {
         if !self.listed_changed {
             return;
         }
         self.listed_changed = false;
+        // Every listed address, sorted: the members discovery still lists
+        // and the idle addresses (the two are disjoint).
+        let mut listed: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|e| e.state() != EndpointState::Draining)
+            .map(|e| e.addr)
+            .chain(self.idle.keys().copied())
+            .collect();
+        listed.sort_unstable();
         let subset = match &self.subset {
             Some(subset) => Some(subset),
-            None if self.listed.len() > self.config.max_connected => {
+            None if listed.len() > self.config.max_connected => {
                 if !self.budget_warned {
                     self.budget_warned = true;
                     tracing::warn!(
                         target_name = %self.config.target,
-                        listed = self.listed.len(),
+                        listed = listed.len(),
                         max_connected = self.config.max_connected,
                         "more pods than this client may connect to: using a random subset of them; set subset_size for a deterministic one"
                     );
@@ -236,39 +303,38 @@ where
             }
             None => None,
         };
-        let members: Vec<SocketAddr> = match subset {
-            Some(subset) => {
-                let listed: Vec<SocketAddr> = self.listed.keys().copied().collect();
-                subset.members(&listed)
-            }
-            None => self.listed.keys().copied().collect(),
+        let chosen = match subset {
+            Some(subset) => subset.members(&listed),
+            None => listed,
         };
-        let leaving: Vec<SocketAddr> = self
-            .endpoints
-            .keys()
-            .filter(|a| members.binary_search(a).is_err())
-            .copied()
+        let leaving: Vec<Arc<Endpoint<S>>> = self
+            .members
+            .iter()
+            .filter(|e| e.state() != EndpointState::Draining)
+            .filter(|e| chosen.binary_search(&e.addr).is_err())
+            .cloned()
             .collect();
-        for addr in leaving {
-            tracing::debug!(endpoint = %addr, "endpoint left this client's subset");
-            if let (Some(slot), Some(entry)) =
-                (self.listed.get_mut(&addr), self.endpoints.get(&addr))
-            {
-                *slot = Some(entry.endpoint.service.clone());
-            }
-            self.remove(addr);
+        for endpoint in leaving {
+            tracing::debug!(endpoint = %endpoint.addr, "endpoint left this client's subset");
+            self.idle.insert(endpoint.addr, endpoint.service.clone());
+            self.drain(&endpoint);
         }
-        for addr in members {
-            if self.endpoints.contains_key(&addr) {
-                continue;
-            }
-            if let Some(service) = self.listed.get_mut(&addr).and_then(Option::take) {
-                self.insert(addr, service);
+        let mut members = Vec::with_capacity(chosen.len());
+        for addr in chosen {
+            if let Some(endpoint) = self.member(addr) {
+                members.push(endpoint.clone());
+            } else if let Some(service) = self.idle.remove(&addr) {
+                members.push(self.insert(addr, service));
             }
         }
+        // Into an exactly sized shared slice; the Draining endpoints drop
+        // out here (`draining` tracks them).
+        self.members = members.into();
+        self.dirty = true;
     }
 
-    fn insert(&mut self, addr: SocketAddr, service: S) {
+    /// A new, Connecting endpoint, its first connection attempt started.
+    fn insert(&mut self, addr: SocketAddr, service: S) -> Arc<Endpoint<S>> {
         let initial_rtt = self.typical_rtt();
         let endpoint = Arc::new(Endpoint::new(
             addr,
@@ -277,91 +343,98 @@ where
             self.config.decay,
             self.config.failure_accrual,
             crate::metrics::EndpointMetrics::new(&self.config.target, addr),
+            self.unhealthy_tx.clone(),
         ));
         tracing::debug!(endpoint = %addr, state = ?EndpointState::Connecting, initial_rtt = ?initial_rtt, "endpoint added");
-        let step = self.spawn_step(first_connect::<Req, S>(
-            endpoint.clone(),
-            self.connects.clone(),
-        ));
-        self.endpoints.insert(
-            addr,
-            Entry {
-                endpoint,
-                step,
-                failures: 0,
-                connect_failed: false,
-            },
-        );
-        self.dirty = true;
+        let step = first_connect::<Req, S>(endpoint.clone(), self.connects.clone());
+        self.spawn_step(addr, step);
+        endpoint
     }
 
-    fn remove(&mut self, addr: SocketAddr) {
-        let Some(entry) = self.endpoints.remove(&addr) else {
-            return;
-        };
-        entry.step.abort();
-        entry.endpoint.set_state(EndpointState::Draining);
-        self.draining.push(Arc::downgrade(&entry.endpoint));
+    /// Discovery removed `endpoint` (or replaced its service, or it left the
+    /// subset): it drains, and leaves the members when they are next chosen.
+    fn drain(&mut self, endpoint: &Arc<Endpoint<S>>) {
+        if let Some(abort) = self.aborts.remove(&endpoint.addr) {
+            abort.abort();
+        }
+        endpoint.set_state(EndpointState::Draining);
+        self.draining.push(Arc::downgrade(endpoint));
         self.dirty = true;
     }
 
     fn on_step(&mut self, step: Result<Step<S>, futures::future::Aborted>) {
-        let Ok(Step { endpoint, outcome }) = step else {
+        let Ok(Step {
+            endpoint,
+            outcome,
+            failures,
+        }) = step
+        else {
             return; // Removed or replaced.
         };
+        // A step of a removed or replaced endpoint that finished before its abort is ignored.
+        if !self.is_member(&endpoint) {
+            return;
+        }
         let addr = endpoint.addr;
-        let (failures, connect_failed) = match self.endpoints.get_mut(&addr) {
-            // A step of a replaced endpoint that finished before its abort is ignored.
-            Some(entry) if Arc::ptr_eq(&entry.endpoint, &endpoint) => {
-                let connect_failed = entry.connect_failed;
-                (entry.failures, entry.connect_failed) = match outcome {
-                    Readiness::Connected => (0, false),
-                    Readiness::ConnectFailed(_) => (entry.failures.saturating_add(1), true),
-                    Readiness::Unhealthy => (entry.failures.saturating_add(1), connect_failed),
-                };
-                // A run of failed requests backs off as long as failed connects would.
-                let past = endpoint.load.failures_past_accrual();
-                (entry.failures.max(past), connect_failed)
-            }
-            _ => return,
-        };
-        let next = match outcome {
+        self.aborts.remove(&addr);
+        match outcome {
             Readiness::Connected => {
-                if connect_failed {
+                if failures.connect_failed {
                     // What it measured before it failed says nothing about
                     // the pod it is now (often a restarted process): start
                     // afresh, as a new endpoint does.
                     let prior = self.typical_rtt();
                     endpoint.load.rtt.reset(prior, Instant::now());
                 }
+                // Nothing runs for a Ready endpoint: a request that finds it
+                // unhealthy reports it (`on_unhealthy`).
                 endpoint.set_state(EndpointState::Ready);
-                watch(endpoint)
             }
             Readiness::ConnectFailed(error) => {
                 endpoint.set_state(EndpointState::Backoff);
                 if let Some(hook) = &self.config.on_endpoint_failure {
                     hook(addr);
                 }
-                let delay = self.backoff(failures);
+                let failures = Failures {
+                    count: failures.count.saturating_add(1),
+                    connect_failed: true,
+                };
+                let in_a_row = failures.in_a_row(&endpoint);
+                let delay = self.backoff(in_a_row);
                 let allowed = endpoint
                     .load
                     .warn_allowed(Instant::now(), self.config.warn_interval);
-                warn_or_debug!(allowed, endpoint = %addr, %error, failures, retry_in = ?delay, "endpoint connection failed");
-                connect::<Req, S>(endpoint, delay)
+                warn_or_debug!(allowed, endpoint = %addr, %error, failures = in_a_row, retry_in = ?delay, "endpoint connection failed");
+                self.spawn_step(addr, connect::<Req, S>(endpoint, delay, failures));
             }
-            Readiness::Unhealthy => {
-                let delay = self.backoff(failures);
-                tracing::debug!(endpoint = %addr, failures, retry_in = ?delay, "reconnecting an endpoint a request found unhealthy");
-                connect::<Req, S>(endpoint, delay)
-            }
-        };
-        let handle = self.spawn_step(next);
-        if let Some(entry) = self.endpoints.get_mut(&addr) {
-            entry.step = handle;
         }
         self.dirty = true;
     }
 
+    /// A request marked the endpoint at `addr` unhealthy (Ready to Backoff):
+    /// reconnect it after a backoff. A report about an endpoint since
+    /// removed, or one already reconnecting, is stale and ignored.
+    fn on_unhealthy(&mut self, addr: SocketAddr) {
+        let Some(endpoint) = self.member(addr) else {
+            return;
+        };
+        if endpoint.state() != EndpointState::Backoff || self.aborts.contains_key(&addr) {
+            return;
+        }
+        let endpoint = endpoint.clone();
+        // It was Ready, so its record was clear: this is its first failure.
+        let failures = Failures {
+            count: 1,
+            connect_failed: false,
+        };
+        let in_a_row = failures.in_a_row(&endpoint);
+        let delay = self.backoff(in_a_row);
+        tracing::debug!(endpoint = %addr, failures = in_a_row, retry_in = ?delay, "reconnecting an endpoint a request found unhealthy");
+        self.spawn_step(addr, connect::<Req, S>(endpoint, delay, failures));
+        self.dirty = true;
+    }
+
+    /// The reconnect delay after `failures` in a row.
     fn backoff(&self, failures: u32) -> Duration {
         backoff::delay(
             failures,
@@ -371,10 +444,11 @@ where
         )
     }
 
-    fn spawn_step(&mut self, step: BoxFuture<'static, Step<S>>) -> AbortHandle {
-        let (handle, registration) = AbortHandle::new_pair();
+    /// Runs a connection attempt of the member at `addr`, abortable by `drain`.
+    fn spawn_step(&mut self, addr: SocketAddr, step: BoxFuture<'static, Step<S>>) {
+        let (abort, registration) = AbortHandle::new_pair();
         self.steps.push(Abortable::new(step, registration));
-        handle
+        self.aborts.insert(addr, abort);
     }
 
     /// The starting RTT estimate of a new endpoint: the median of its peers'
@@ -402,12 +476,7 @@ where
         self.dirty = false;
         self.typical_rtt = None;
         self.draining.retain(|e| e.strong_count() > 0);
-        let all = self
-            .endpoints
-            .values()
-            .map(|e| e.endpoint.clone())
-            .collect();
-        let snapshot = Snapshot::new(all, self.draining.clone());
+        let snapshot = Snapshot::new(self.members.clone(), self.draining.clone());
         self.config.metrics.panic_mode(snapshot.is_panic());
         self.shared.publish(snapshot);
     }
@@ -416,8 +485,7 @@ where
     /// their series fresh (see `crate::metrics`).
     fn sample_metrics(&self) {
         let now = Instant::now();
-        for entry in self.endpoints.values() {
-            let e = &entry.endpoint;
+        for e in self.members.iter() {
             e.load.metrics.sample(&e.load, e.state(), now);
         }
         for e in self.draining.iter().filter_map(Weak::upgrade) {
@@ -428,7 +496,11 @@ where
 }
 
 /// Connects `endpoint` after `delay`: `ready()` on a clone of its service.
-fn connect<Req, S>(endpoint: Arc<Endpoint<S>>, delay: Duration) -> BoxFuture<'static, Step<S>>
+fn connect<Req, S>(
+    endpoint: Arc<Endpoint<S>>,
+    delay: Duration,
+    failures: Failures,
+) -> BoxFuture<'static, Step<S>>
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
@@ -445,7 +517,11 @@ where
             Err(error) => Readiness::ConnectFailed(error.into()),
         };
         drop(service);
-        Step { endpoint, outcome }
+        Step {
+            endpoint,
+            outcome,
+            failures,
+        }
     }
     .boxed()
 }
@@ -467,19 +543,7 @@ where
     async move {
         // The semaphore is never closed; without a permit, connect anyway.
         let _permit = permits.acquire_owned().await.ok();
-        connect::<Req, S>(endpoint, Duration::ZERO).await
-    }
-    .boxed()
-}
-
-/// Waits until a request marks `endpoint` unhealthy.
-fn watch<S: Send + Sync + 'static>(endpoint: Arc<Endpoint<S>>) -> BoxFuture<'static, Step<S>> {
-    async move {
-        endpoint.unhealthy.notified().await;
-        Step {
-            endpoint,
-            outcome: Readiness::Unhealthy,
-        }
+        connect::<Req, S>(endpoint, Duration::ZERO, Failures::default()).await
     }
     .boxed()
 }
