@@ -13,8 +13,16 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub(crate) struct WarnGate {
     epoch: Instant,
-    /// When the last warning passed, in nanoseconds since `epoch`, offset
-    /// by one interval so that the first warning passes.
+    slot: WarnSlot,
+}
+
+/// A [`WarnGate`] without a clock of its own, for a struct that keeps one:
+/// the caller passes the time since its epoch (an endpoint's, which has many
+/// of them, saves the 16 bytes of a second `Instant`).
+#[derive(Debug)]
+pub(crate) struct WarnSlot {
+    /// When the last warning passed, in nanoseconds since the owner's epoch,
+    /// offset by one interval so that the first warning passes.
     last_ns: AtomicU64,
 }
 
@@ -24,26 +32,43 @@ impl WarnGate {
     pub(crate) fn new() -> Self {
         Self {
             epoch: Instant::now(),
-            last_ns: AtomicU64::new(0),
+            slot: WarnSlot::new(),
         }
     }
 
     /// True at most once per `interval` (which a caller keeps the same for a
     /// gate): the caller logs at warn then, else at debug.
     pub(crate) fn allow(&self, now: Instant, interval: Duration) -> bool {
-        let now_ns = nanos(now.saturating_duration_since(self.epoch) + interval);
-        let last = self.last_ns.load(Ordering::Relaxed);
-        now_ns.saturating_sub(last) >= nanos(interval)
-            && self
-                .last_ns
-                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        self.slot
+            .allow(nanos(now.saturating_duration_since(self.epoch)), interval)
     }
 }
 
 impl Default for WarnGate {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+// ===== impl WarnSlot =====
+
+impl WarnSlot {
+    pub(crate) fn new() -> Self {
+        Self {
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// [`WarnGate::allow`] at `now_ns`, nanoseconds since the owner's epoch.
+    pub(crate) fn allow(&self, now_ns: u64, interval: Duration) -> bool {
+        let interval = nanos(interval);
+        let now_ns = now_ns.saturating_add(interval);
+        let last = self.last_ns.load(Ordering::Relaxed);
+        now_ns.saturating_sub(last) >= interval
+            && self
+                .last_ns
+                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 

@@ -74,6 +74,7 @@ pub struct CompleteOnResponse;
 
 /// The parts of an endpoint a guard touches, without its service type.
 pub(crate) trait AsLoad: Send + Sync + 'static {
+    fn addr(&self) -> SocketAddr;
     fn load(&self) -> &Load;
     /// Takes the endpoint out of picks until the background task reconnects it.
     fn mark_unhealthy(&self);
@@ -97,7 +98,7 @@ impl PendingGuard {
 
     /// The address of the endpoint the request went to.
     pub fn endpoint(&self) -> SocketAddr {
-        self.endpoint.load().addr
+        self.endpoint.addr()
     }
 
     /// Counts the request as failed by its endpoint, in
@@ -182,6 +183,10 @@ impl<Rsp> Completion<Rsp> for CompleteOnResponse {
 // ===== impl Endpoint =====
 
 impl<S: Send + Sync + 'static> AsLoad for Endpoint<S> {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     fn load(&self) -> &Load {
         &self.load
     }

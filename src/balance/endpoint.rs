@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use crate::log::WarnGate;
+use crate::log::WarnSlot;
 
 use super::peak_ewma::PeakEwma;
 
@@ -58,6 +58,13 @@ pub struct EndpointStats {
 ///
 /// The service is dropped (closing its connections) when the last of them
 /// lets go: after discovery removed it and its in-flight requests ended.
+///
+/// A Ready endpoint costs this one allocation and a pointer in each of the
+/// snapshot's two lists (with the `metrics` feature, also its series'
+/// labels). Fields are kept to what the pick, the request path and the
+/// background task read, each once (one address, one clock epoch), so that
+/// memory per endpoint stays below that of tower's `Balance<PeakEwma>`
+/// (`benches/peers.rs` scenario 6, `tests/memory.rs`).
 pub(crate) struct Endpoint<S> {
     pub(crate) addr: SocketAddr,
     pub(crate) service: S,
@@ -73,7 +80,6 @@ pub(crate) struct Endpoint<S> {
 /// free of the service type.
 #[derive(Debug)]
 pub(crate) struct Load {
-    pub(crate) addr: SocketAddr,
     pub(crate) pending: AtomicUsize,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -84,14 +90,14 @@ pub(crate) struct Load {
     pub(crate) rtt: PeakEwma,
     /// Requests sent and still waiting for their response (its head).
     awaiting: AtomicUsize,
-    /// Nanoseconds since `epoch` when `awaiting` last rose from 0.
+    /// Nanoseconds since the RTT estimate's epoch when `awaiting` last rose
+    /// from 0 (one epoch per endpoint: `rtt`'s).
     busy_since_ns: AtomicU64,
-    /// Nanoseconds since `epoch` when a wait last ended (a response, an
+    /// Nanoseconds since the epoch when a wait last ended (a response, an
     /// error, or the caller giving up).
     answered_ns: AtomicU64,
     /// Warnings about this endpoint's failures: one per `warn_interval`.
-    warn_gate: WarnGate,
-    epoch: Instant,
+    warn_slot: WarnSlot,
     /// The endpoint's series (cargo feature `metrics`; nothing without it).
     pub(crate) metrics: crate::metrics::EndpointMetrics,
 }
@@ -137,7 +143,6 @@ impl<S> Endpoint<S> {
             service,
             state: AtomicU8::new(EndpointState::Connecting.as_u8()),
             load: Load {
-                addr,
                 pending: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
@@ -147,8 +152,7 @@ impl<S> Endpoint<S> {
                 awaiting: AtomicUsize::new(0),
                 busy_since_ns: AtomicU64::new(0),
                 answered_ns: AtomicU64::new(0),
-                warn_gate: WarnGate::new(),
-                epoch: Instant::now(),
+                warn_slot: WarnSlot::new(),
                 metrics,
             },
             unhealthy,
@@ -280,7 +284,7 @@ impl<S> fmt::Debug for Endpoint<S> {
 
 impl Load {
     fn since_epoch(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_nanos() as u64
+        self.rtt.since_epoch(now)
     }
 
     /// A request was sent and waits for its response; pair with
@@ -351,6 +355,6 @@ impl Load {
     /// True at most once per `interval` per endpoint: warnings about one
     /// failing endpoint must not flood the log.
     pub(crate) fn warn_allowed(&self, now: Instant, interval: Duration) -> bool {
-        self.warn_gate.allow(now, interval)
+        self.warn_slot.allow(self.since_epoch(now), interval)
     }
 }

@@ -1,7 +1,7 @@
 //! Peak-EWMA round-trip-time estimate of one endpoint, readable without a lock.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -69,9 +69,11 @@ pub(crate) struct PeakEwma {
     probing: AtomicBool,
     /// Nanoseconds since `epoch` when the last probe was sent.
     probed_ns: AtomicU64,
-    /// The current probe interval in nanoseconds, from `decay / 10` up to
-    /// `4 × decay`.
-    probe_interval_ns: AtomicU64,
+    /// How many times the probe interval doubled since the endpoint last
+    /// competed: the interval is `decay / 10` × 2^this, at most `4 × decay`.
+    /// A count rather than the interval itself: one byte where eight would
+    /// not fit in the padding (an estimate per endpoint, see `Endpoint`).
+    probe_doublings: AtomicU8,
     update: Mutex<()>,
 }
 
@@ -92,16 +94,9 @@ impl PeakEwma {
             measured: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             probed_ns: AtomicU64::new(0),
-            probe_interval_ns: AtomicU64::new(0),
+            probe_doublings: AtomicU8::new(0),
             update: Mutex::new(()),
         }
-        .with_base_probe_interval()
-    }
-
-    fn with_base_probe_interval(self) -> Self {
-        self.probe_interval_ns
-            .store(self.base_probe_ns(), Ordering::Relaxed);
-        self
     }
 
     fn base_probe_ns(&self) -> u64 {
@@ -112,6 +107,14 @@ impl PeakEwma {
         (self.decay_ns * 4.0) as u64
     }
 
+    /// The current probe interval in nanoseconds.
+    fn probe_interval_ns(&self) -> u64 {
+        let doublings = self.probe_doublings.load(Ordering::Relaxed);
+        self.base_probe_ns()
+            .saturating_mul(1 << doublings.min(63))
+            .min(self.max_probe_ns())
+    }
+
     /// True when the endpoint, idle (`pending == 0`), is due a probe: it was
     /// measured, nothing was observed for the probe interval, and the last
     /// probe is at least that long ago.
@@ -120,7 +123,7 @@ impl PeakEwma {
             return false;
         }
         let now_ns = self.since_epoch(now);
-        let interval = self.probe_interval_ns.load(Ordering::Relaxed);
+        let interval = self.probe_interval_ns();
         let quiet_since = self
             .stamp_ns
             .load(Ordering::Relaxed)
@@ -134,19 +137,19 @@ impl PeakEwma {
         self.probing.store(true, Ordering::Relaxed);
         self.probed_ns
             .store(self.since_epoch(now), Ordering::Relaxed);
-        let interval = self.probe_interval_ns.load(Ordering::Relaxed);
-        self.probe_interval_ns.store(
-            interval.saturating_mul(2).min(self.max_probe_ns()),
-            Ordering::Relaxed,
-        );
+        // Doubling stops at the longest interval (or at 2^63, should
+        // `decay / 10` round to zero), so the count never wraps.
+        let doublings = self.probe_doublings.load(Ordering::Relaxed);
+        if doublings < 63 && self.probe_interval_ns() < self.max_probe_ns() {
+            self.probe_doublings.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The endpoint won a pick on its measured estimate: it competes again,
     /// so its probe interval is back to the shortest.
     pub(crate) fn competitive(&self) {
-        let base = self.base_probe_ns();
-        if self.probe_interval_ns.load(Ordering::Relaxed) != base {
-            self.probe_interval_ns.store(base, Ordering::Relaxed);
+        if self.probe_doublings.load(Ordering::Relaxed) != 0 {
+            self.probe_doublings.store(0, Ordering::Relaxed);
         }
     }
 
@@ -186,8 +189,7 @@ impl PeakEwma {
             .store(self.since_epoch(now), Ordering::Relaxed);
         self.measured.store(false, Ordering::Relaxed);
         self.probing.store(false, Ordering::Relaxed);
-        self.probe_interval_ns
-            .store(self.base_probe_ns(), Ordering::Relaxed);
+        self.probe_doublings.store(0, Ordering::Relaxed);
     }
 
     fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
@@ -216,7 +218,9 @@ impl PeakEwma {
         }
     }
 
-    fn since_epoch(&self, now: Instant) -> u64 {
+    /// Nanoseconds from the estimate's creation to `now`: the endpoint's
+    /// clock, which its other timestamps share (see `Load`).
+    pub(crate) fn since_epoch(&self, now: Instant) -> u64 {
         // u64 nanoseconds last 584 years.
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
