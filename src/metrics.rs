@@ -217,10 +217,11 @@ pub(crate) use imp::{BalancerMetrics, EndpointMetrics, Ticker};
 mod imp {
     use std::fmt;
     use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, SystemTime};
 
-    use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Unit};
+    use metrics::{Counter, Gauge, Key, Label, Level, Metadata, SharedString, Unit};
 
     use super::*;
     use crate::balance::EndpointState;
@@ -304,6 +305,15 @@ mod imp {
     }
 
     /// One pod's series, registered when discovery adds the pod.
+    ///
+    /// Handles are held rather than looked up per use: building a [`Key`]
+    /// costs about 300 ns (label vector, hash), too much on the request path.
+    /// Their label values are shared strings: the target's is shared by every
+    /// series of the balancer, the pod's by the series of this pod, so that
+    /// neither this struct nor a recorder's copies of the keys allocate them
+    /// again. (The metrics facade does not say whether a recorder is
+    /// installed, so the handles are registered either way; without one they
+    /// are the facade's no-op handles, which allocate nothing.)
     pub(crate) struct EndpointMetrics {
         outcomes: [Counter; 4],
         /// Looked up per response rather than held: an exporter's idle
@@ -316,31 +326,30 @@ mod imp {
     }
 
     impl EndpointMetrics {
-        pub(crate) fn new(target: &str, addr: SocketAddr) -> Self {
-            let target = target.to_owned();
-            let endpoint = addr.to_string();
-            let labels = || {
-                vec![
+        /// Registers the series of the pod at `addr` in `balancer`'s target.
+        pub(crate) fn new(balancer: &BalancerMetrics, addr: SocketAddr) -> Self {
+            let target = SharedString::from(balancer.target.clone());
+            let endpoint = SharedString::from(Arc::<str>::from(addr.to_string()));
+            let labels = |extra: Option<(&'static str, &'static str)>| {
+                let base = [
                     Label::new("target", target.clone()),
                     Label::new("endpoint", endpoint.clone()),
-                ]
-            };
-            let with = |k: &'static str, v: &'static str| {
-                let mut l = labels();
-                l.push(Label::new(k, v));
-                l
+                ];
+                let extra = extra.map(|(k, v)| Label::new(k, v));
+                // Exactly sized: the held key keeps its vector.
+                base.into_iter().chain(extra).collect::<Vec<_>>()
             };
             let counter = |outcome| {
                 metrics::with_recorder(|r| {
                     r.register_counter(
-                        &Key::from_parts(REQUESTS_TOTAL, with("outcome", outcome)),
+                        &Key::from_parts(REQUESTS_TOTAL, labels(Some(("outcome", outcome)))),
                         &METADATA,
                     )
                 })
             };
-            let gauge = |name: &'static str, labels: Vec<Label>| {
+            let gauge = |name: &'static str, extra| {
                 metrics::with_recorder(|r| {
-                    r.register_gauge(&Key::from_parts(name, labels), &METADATA)
+                    r.register_gauge(&Key::from_parts(name, labels(extra)), &METADATA)
                 })
             };
             let metrics = Self {
@@ -350,10 +359,10 @@ mod imp {
                     counter("not_sent"),
                     counter("timed_out"),
                 ],
-                rtt: Key::from_parts(ENDPOINT_RTT_SECONDS, labels()),
-                estimate: gauge(ENDPOINT_RTT_ESTIMATE_SECONDS, labels()),
-                pending: gauge(ENDPOINT_PENDING_REQUESTS, labels()),
-                states: STATES.map(|(_, name)| gauge(ENDPOINT_STATE, with("state", name))),
+                rtt: Key::from_parts(ENDPOINT_RTT_SECONDS, labels(None)),
+                estimate: gauge(ENDPOINT_RTT_ESTIMATE_SECONDS, None),
+                pending: gauge(ENDPOINT_PENDING_REQUESTS, None),
+                states: STATES.map(|(_, name)| gauge(ENDPOINT_STATE, Some(("state", name)))),
             };
             metrics.state(EndpointState::Connecting);
             metrics
@@ -418,14 +427,16 @@ mod imp {
         hedges: [Counter; 3],
         panic_entries: Counter,
         panic: Gauge,
-        target: std::sync::Arc<str>,
-        in_panic: std::sync::Arc<AtomicBool>,
+        /// The `target` label's value, shared with the balancer's endpoints' series.
+        target: Arc<str>,
+        in_panic: Arc<AtomicBool>,
     }
 
     impl BalancerMetrics {
         pub(crate) fn new(target: &str) -> Self {
             describe();
-            let t = target.to_owned();
+            let target: Arc<str> = target.into();
+            let t = SharedString::from(target.clone());
             Self {
                 retries: metrics::counter!(RETRIES_TOTAL, "target" => t.clone()),
                 failfast: metrics::counter!(FAILFAST_ERRORS_TOTAL, "target" => t.clone()),
@@ -433,7 +444,7 @@ mod imp {
                     .map(|name| metrics::counter!(name, "target" => t.clone())),
                 panic_entries: metrics::counter!(PANIC_MODE_ENTRIES_TOTAL, "target" => t.clone()),
                 panic: metrics::gauge!(PANIC_MODE, "target" => t),
-                target: target.into(),
+                target,
                 in_panic: Default::default(),
             }
         }
@@ -568,7 +579,7 @@ mod imp {
 
     impl EndpointMetrics {
         #[inline(always)]
-        pub(crate) fn new(_: &str, _: SocketAddr) -> Self {
+        pub(crate) fn new(_: &BalancerMetrics, _: SocketAddr) -> Self {
             Self
         }
         #[inline(always)]

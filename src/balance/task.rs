@@ -342,7 +342,7 @@ where
             initial_rtt,
             self.config.decay,
             self.config.failure_accrual,
-            crate::metrics::EndpointMetrics::new(&self.config.target, addr),
+            crate::metrics::EndpointMetrics::new(&self.config.metrics, addr),
             self.unhealthy_tx.clone(),
         ));
         tracing::debug!(endpoint = %addr, state = ?EndpointState::Connecting, initial_rtt = ?initial_rtt, "endpoint added");
