@@ -1,6 +1,6 @@
 //! Balancers over endpoints that answer at once: ours and tower's
 //! `Buffer<Balance<PeakEwma<…>>>`, for the pick-cost and memory figures.
-//! Shared by `benches/balance.rs` (through `#[path]`) and the peer runner.
+//! Shared by `benches/balance.rs` and `tests/memory.rs` (through `#[path]`) and the peer runner.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
