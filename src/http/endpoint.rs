@@ -486,6 +486,7 @@ impl RefusedUnprocessed {
     }
 
     /// The refused request's head, if the endpoint kept it and nobody took it yet.
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     pub(crate) fn take_head(&self) -> Option<http::Request<()>> {
         crate::sync::lock(&self.head).take()
     }
