@@ -228,7 +228,9 @@ impl ResolveError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BalanceError {
-    /// No endpoint became available within `failfast_timeout`.
+    /// No endpoint became available within `failfast_timeout`: the request
+    /// was tried on none. (One that was tried and never sent anywhere fails
+    /// with [`Endpoint`](Self::Endpoint), `not_sent: true`.)
     #[error(
         "no endpoint of {target} available after {waited:?}{}",
         match .last_error { Some(e) => format!(" (last resolution error: {e})"), None => String::new() }
@@ -241,7 +243,8 @@ pub enum BalanceError {
         /// How long the request waited.
         waited: std::time::Duration,
     },
-    /// The endpoint the request went to failed it.
+    /// The endpoint the request went to failed it; for a request that was
+    /// never sent, the last of the endpoints it was tried on.
     #[error("endpoint {endpoint}: {source}")]
     Endpoint {
         /// The endpoint's address.

@@ -18,12 +18,12 @@
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `headless_lb_requests_total` | counter | target, endpoint, outcome | attempts on the pod, by how they ended: `ok`; `failed` (an error after the request may have reached the pod, a 5xx or gRPC `UNAVAILABLE`, a body that broke off); `not_sent` (never written: the pod's connection failed; retried on another pod while retries last); `timed_out` (the caller gave up first: `request_timeout`, a gRPC deadline, a dropped future) |
+//! | `headless_lb_requests_total` | counter | target, endpoint, outcome | attempts on the pod, by how they ended: `ok`; `failed` (an error after the request may have reached the pod, a 5xx or gRPC `UNAVAILABLE`, a body that broke off); `not_sent` (never written: the pod's connection failed; retried on a pod the request has not tried, within `failfast_timeout`); `timed_out` (the caller gave up first: `request_timeout`, a gRPC deadline, a dropped future) |
 //! | `headless_lb_endpoint_rtt_seconds` | histogram | target, endpoint | time from dispatch to the response head, per response |
 //! | `headless_lb_endpoint_rtt_estimate_seconds` | gauge | target, endpoint | the pod's peak-EWMA RTT estimate, what P2C compares (sampled each second) |
 //! | `headless_lb_endpoint_pending_requests` | gauge | target, endpoint | requests dispatched to the pod and not complete (sampled each second) |
 //! | `headless_lb_endpoint_state` | gauge | target, endpoint, state | 1 for the pod's current state (`connecting`, `ready`, `backoff`, `draining`), 0 for the others; all four 0 once a removed pod has drained (terminal) |
-//! | `headless_lb_retries_total` | counter | target | requests re-sent to another pod because the previous attempt was never sent |
+//! | `headless_lb_retries_total` | counter | target | requests re-sent because the previous attempt was never sent: to a pod not tried yet, or (at most `max_retries` times) to one tried |
 //! | `headless_lb_failfast_errors_total` | counter | target | requests that found no pod within `failfast_timeout` and failed with `NoEndpoints` (gRPC `UNAVAILABLE`): the "no endpoints" outcome |
 //! | `headless_lb_hedges_total` | counter | target | hedged requests: copies sent to a second pod after the hedge delay (see [`HedgePolicy`](crate::HedgePolicy)) |
 //! | `headless_lb_hedges_won_total` | counter | target | hedges whose answer was the one returned (it came first, or the original failed) |
@@ -264,7 +264,7 @@ mod imp {
         );
         describe_counter!(
             RETRIES_TOTAL,
-            "Requests re-sent to another pod because the previous attempt was never sent."
+            "Requests re-sent because the previous attempt was never sent (to a pod not tried yet, or to one tried)."
         );
         describe_counter!(
             FAILFAST_ERRORS_TOTAL,

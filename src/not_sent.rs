@@ -18,8 +18,11 @@ use crate::sync::lock;
 /// reused connection closed before any byte of its response, which may be
 /// sent twice without effect (RFC 9110 §9.2.2; see
 /// [`HttpEndpoint`](crate::http::HttpEndpoint)). The balancer then marks the
-/// endpoint for reconnection and retries the request on another endpoint, at
-/// most `max_retries` times. Any other error from `call()` is returned to the
+/// endpoint for reconnection and retries the request on every endpoint it has
+/// not tried yet, then on at most `max_retries` that it tried, within
+/// `failfast_timeout` (see
+/// [`Builder::max_retries`](crate::balance::Builder::max_retries)). Any other
+/// error from `call()` is returned to the
 /// caller as is: a request whose replay could have an effect is never
 /// retried by the library.
 ///

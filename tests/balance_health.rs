@@ -1,4 +1,5 @@
-//! Endpoint health: backoff and rejoin, retries of unsent requests only, panic mode.
+//! Endpoint health: backoff and rejoin, retries of unsent requests only (on every
+//! endpoint not tried yet, then at most `max_retries` again), panic mode.
 
 mod balance_support;
 
@@ -6,7 +7,8 @@ use std::time::Duration;
 
 use balance_support::*;
 use headless_lb::NotSent;
-use headless_lb::balance::{Balancer, EndpointState};
+use headless_lb::balance::{Balancer, DEFAULT_FAILFAST_TIMEOUT, EndpointState};
+use tokio::time::Instant;
 use tower::{BoxError, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
@@ -47,42 +49,90 @@ async fn an_endpoint_whose_ready_fails_backs_off_is_skipped_and_rejoins() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_request_that_was_never_sent_is_tried_on_at_most_two_more_endpoints() {
+async fn a_request_never_sent_is_tried_on_every_endpoint_then_on_max_retries_of_them_again() {
     let (lb, _tx, pods) = four_pods().await;
     pods.iter().for_each(|p| p.set_mode(Mode::NotSent));
+    let start = Instant::now();
 
     let error = lb.clone().oneshot(1).await.unwrap_err();
 
     assert!(error.is_endpoint() && error.is_not_sent(), "{error}");
     let calls: Vec<_> = pods.iter().map(Pod::calls).collect();
-    assert_eq!(calls.iter().sum::<usize>(), 3, "{calls:?}");
+    assert_eq!(calls.iter().sum::<usize>(), 4 + 2, "{calls:?}");
     assert!(
-        calls.iter().all(|&c| c <= 1),
-        "one try per endpoint: {calls:?}"
+        calls.iter().all(|&c| c >= 1),
+        "every endpoint tried: {calls:?}"
     );
+    assert!(start.elapsed() < DEFAULT_FAILFAST_TIMEOUT);
     let backing_off = lb
         .stats()
         .iter()
         .filter(|s| s.state == EndpointState::Backoff)
         .count();
-    assert_eq!(backing_off, 3);
+    assert_eq!(backing_off, 4);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_request_whose_endpoints_are_not_ready_is_tried_on_at_most_two_more() {
-    let (lb, _tx, pods) = four_pods().await;
+async fn with_max_retries_zero_a_request_is_tried_once_on_each_endpoint_and_fails_at_once() {
+    let (lb, tx) = balancer(Balancer::builder().max_retries(0));
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
     pods.iter().for_each(|p| p.refuse(true));
+    let start = Instant::now();
 
     let error = lb.clone().oneshot(1).await.unwrap_err();
 
     assert!(error.is_not_sent(), "{error}");
     assert!(error.to_string().contains("connection refused"), "{error}");
-    let tries: usize = pods
-        .iter()
-        .map(|p| p.0.ready_errors.load(std::sync::atomic::Ordering::SeqCst))
-        .sum();
-    assert_eq!(tries, 3);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no wait once all were tried"
+    );
+    let failures: Vec<_> = pods.iter().map(|p| stats_of(&lb, p).failures).collect();
+    assert_eq!(failures, [1, 1, 1, 1], "one try per endpoint");
     assert_eq!(pods.iter().map(Pod::calls).sum::<usize>(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn retries_on_an_endpoint_already_tried_wait_for_a_change_and_end_at_failfast_timeout() {
+    // A single pod refusing connections, and retries to spare: each retry
+    // waits for the next snapshot (the pod's next reconnect attempt, backoff
+    // doubling from 100 ms) rather than looping on the pod: six tries in the
+    // 3 s, not a thousand.
+    let (lb, tx) = balancer(Balancer::builder().max_retries(1_000));
+    let pod = Pod::new(1, MS);
+    insert(&tx, &pod);
+    settle().await;
+    pod.refuse(true);
+    let start = Instant::now();
+
+    let error = lb.clone().oneshot(1).await.unwrap_err();
+
+    assert!(error.is_not_sent() && !error.is_no_endpoints(), "{error}");
+    assert_eq!(start.elapsed(), DEFAULT_FAILFAST_TIMEOUT);
+    let tries = stats_of(&lb, &pod).failures;
+    assert!((2..=10).contains(&tries), "{tries} tries in 3 s");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_whose_only_endpoint_failed_it_unsent_goes_to_one_discovered_meanwhile() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let (sick, new) = (Pod::new(1, MS), Pod::new(2, MS));
+    insert(&tx, &sick);
+    settle().await;
+    sick.refuse(true);
+    let start = Instant::now();
+    let request = tokio::spawn(lb.clone().oneshot(1));
+
+    // Before the sick pod's first reconnect attempt (about 100 ms).
+    tokio::time::sleep(50 * MS).await;
+    insert(&tx, &new);
+
+    assert_eq!(request.await.unwrap().unwrap(), new.addr());
+    assert_eq!(start.elapsed(), 51 * MS);
+    assert!(stats_of(&lb, &sick).failures >= 1);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -664,3 +664,116 @@ async fn a_process_frozen_with_sigstop_is_avoided_and_serves_again_after_sigcont
     );
     assert!(served_after > 0, "it serves again after SIGCONT");
 }
+
+// ===== several pods dying at once =====
+
+both_protocols!(a_never_sent_request_tries_every_pod_until_a_live_one, 118);
+
+/// Six pods; five die at the same instant (a scale-down whose pods stop the
+/// moment DNS drops them, or a client losing several subset members at
+/// once) while DNS still lists all six. The survivor is the slowest (20 ms;
+/// the others answer at once), so P2C prefers the dead pods and a request
+/// meets one refused connection after another. Such a request was never
+/// sent, so it goes on to a pod it has not tried yet, as often as it takes:
+/// all 40 requests (the first on its own, then 4 workers) are answered by
+/// the survivor, and every dead pod was tried and backs off. Under the old
+/// rule (at most `max_retries`, 2, more pods) the first request failed
+/// unsent after three refused connects.
+async fn a_never_sent_request_tries_every_pod_until_a_live_one(protocol: Protocol, net: u8) {
+    let (pods, dns, port) = pods_and_dns(net, 6).await;
+    let client: Client = builder(&dns, protocol).build(&target(port)).unwrap();
+    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
+    wait_ready(&client, &addrs).await;
+    let (dead, survivor) = (&pods[..5], &pods[5]);
+    survivor.set_delay(Duration::from_millis(20));
+    // Until every pod has answered once: every RTT is measured, and the
+    // survivor's is the highest.
+    for _ in 0..200 {
+        if pods.iter().all(|p| p.requests() > 0) {
+            break;
+        }
+        assert!(fetch(&client).await.result.is_ok());
+    }
+    assert!(pods.iter().all(|p| p.requests() > 0), "every pod answered");
+
+    futures::future::join_all(dead.iter().map(Pod::kill)).await;
+    // Long enough for the client's connections to see their sockets close:
+    // a request written on a connection whose close is still on its way may
+    // have reached the pod, and is not retried (the cases above).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One request on its own first: it meets every dead pod before the
+    // survivor. Then 39 from 4 workers.
+    let mut outcomes = vec![fetch(&client).await];
+    outcomes.extend(Load::start(&client, 4, Some(39)).join().await);
+
+    let counts = answers(&outcomes);
+    let stats = client.stats().endpoints;
+    eprintln!("{protocol:?} five of six pods dead: answers {counts:?}; stats {stats:?}");
+    let failed = failures(&outcomes);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    assert_eq!(
+        counts.get(&(survivor.addr().to_string(), 200)).copied(),
+        Some(40),
+        "{counts:?}"
+    );
+    for pod in dead {
+        let s = stats_of(&client, pod.addr());
+        assert!(
+            s.failures >= 1 && s.state == EndpointState::Backoff,
+            "every dead pod was tried and backs off: {s:?}"
+        );
+    }
+}
+
+/// Every listed pod is dead (DNS still lists all six): a request tries each
+/// of them, goes back to at most `max_retries` (2) of them, and fails with
+/// the typed "never sent" error naming one, well within `failfast_timeout`
+/// (1 s here). Requests that then find them all backing off (panic mode)
+/// fail the same way. Nothing hangs, nothing spins: a retry on a pod the
+/// request already tried waits for the balancer's next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_only_dead_pods_fails_not_sent_within_failfast_timeout() {
+    let net = 120;
+    let failfast = Duration::from_secs(1);
+    let (pods, dns, port) = pods_and_dns(net, 6).await;
+    let client: Client = builder(&dns, Protocol::Http1)
+        .failfast_timeout(failfast)
+        .build(&target(port))
+        .unwrap();
+    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
+    wait_ready(&client, &addrs).await;
+    futures::future::join_all(pods.iter().map(Pod::kill)).await;
+    // As above: the client's connections see their sockets close.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let attempts =
+        |client: &Client| -> u64 { client.stats().endpoints.iter().map(|e| e.failures).sum() };
+    for round in 0..3 {
+        let before = attempts(&client);
+        let started = Instant::now();
+        let result = tokio::time::timeout(HUNG, client.get("/"))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: hung for {HUNG:?}"));
+        let took = started.elapsed();
+        let Err(err) = result else {
+            panic!("round {round}: a dead pod answered");
+        };
+        let tried = attempts(&client) - before;
+        eprintln!("round {round}: failed after {took:?} and {tried} attempts: {err}");
+        assert!(err.is_not_sent() && !err.is_no_endpoints(), "{err}");
+        assert!(err.endpoint().is_some_and(|e| addrs.contains(&e)), "{err}");
+        assert!(
+            took <= failfast + Duration::from_millis(500),
+            "round {round} took {took:?}"
+        );
+        assert!(
+            (6..=8).contains(&tried),
+            "round {round}: every pod once, at most 2 again: {tried} attempts"
+        );
+    }
+}

@@ -24,7 +24,8 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Failed requests in a row that take an endpoint out of picks \[5\].
 pub const DEFAULT_FAILURE_ACCRUAL: u32 = 5;
-/// How many more endpoints a request that was never sent is tried on \[2\].
+/// How many times a request that was never sent may go back to an endpoint
+/// it already tried, once no other is pickable \[2\]; see [`Builder::max_retries`].
 pub const DEFAULT_MAX_RETRIES: usize = 2;
 /// How many new endpoints make their first connection attempt at once \[64\].
 pub const DEFAULT_CONNECT_CONCURRENCY: usize = 64;
@@ -104,6 +105,10 @@ impl Builder {
 
     /// How long a request waits in total for an available endpoint before it
     /// fails with `NoEndpoints` [3 s].
+    ///
+    /// It is also the budget of a request that was never sent: from its
+    /// first wait or first failed attempt, its waits and retries together
+    /// end after this long (see [`max_retries`](Self::max_retries)).
     pub fn failfast_timeout(mut self, timeout: Duration) -> Self {
         self.config.failfast_timeout = timeout;
         self
@@ -140,9 +145,28 @@ impl Builder {
         self
     }
 
-    /// How many other endpoints a request is tried on when it was never sent
-    /// (its endpoint's `ready()` failed, or `call()` returned
-    /// [`NotSent`](crate::NotSent)) \[2\].
+    /// How many times a request that was never sent may be retried on an
+    /// endpoint it already tried \[2\]; 0: on each endpoint at most once.
+    ///
+    /// A request was never sent when its endpoint's `ready()` failed (a
+    /// refused or timed-out connect) or `call()` returned
+    /// [`NotSent`](crate::NotSent): it is safe to send anywhere. So it goes
+    /// on to an endpoint it has not tried yet (P2C among those), as many
+    /// times as there are such endpoints: pods that die together (a
+    /// scale-down, several members of a subset) fail no request while a
+    /// listed pod is alive. Listed endpoints it has not tried that are still
+    /// connecting or backing off are waited for. When none is left, it may
+    /// go back to one it tried, up to `retries` times (the one pod of a
+    /// service, whose connection closed and reconnects), each time after
+    /// the balancer's next change (a reconnect attempt, a discovery update),
+    /// never in a loop. All its waits and retries together end within
+    /// [`failfast_timeout`](Self::failfast_timeout).
+    ///
+    /// It then fails with [`BalanceError::Endpoint`](crate::BalanceError::Endpoint),
+    /// `not_sent: true`, carrying the last endpoint's error;
+    /// [`BalanceError::NoEndpoints`](crate::BalanceError::NoEndpoints) is
+    /// for a request that found no endpoint to try at all. A request that
+    /// may have reached a server is never retried.
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.config.max_retries = retries;
         self

@@ -19,11 +19,14 @@ use crate::sync::lock;
 
 /// Which endpoints a request may go to.
 pub(crate) enum Route<S> {
-    /// Any endpoint P2C picks: every request that will not be hedged.
+    /// Any endpoint P2C picks: every request that will not be hedged, until
+    /// an attempt of it fails unsent; from then on it is
+    /// [`Tracked`](Route::Tracked), so that its retries avoid the endpoints
+    /// it tried (see [`dispatch`]).
     Any,
-    /// A request that may be hedged: every endpoint it is sent to is
-    /// recorded in the shared [`Tried`], and a retry prefers the others
-    /// (falling back to any, as an untracked request would).
+    /// Every endpoint the request is sent to is recorded in the [`Tried`],
+    /// shared with its hedge if it may be hedged; a retry goes to the others
+    /// first (see [`dispatch`]).
     Tracked(Arc<Tried>),
     /// A hedge: first to `first` (picked when the hedge was decided), then,
     /// if that was never sent, to endpoints outside [`Tried`] only. It never
@@ -46,9 +49,11 @@ pub(crate) struct Tried(Mutex<Vec<SocketAddr>>);
 // ===== impl Route =====
 
 impl<S> Route<S> {
-    /// The next endpoint to try, recorded as tried; `None` when nothing is
-    /// pickable now.
-    fn next(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+    /// The endpoint of the request's first attempt, recorded as tried;
+    /// `None` when nothing is pickable now. A tracked request prefers the
+    /// endpoints outside [`Tried`] (where its hedge is not), falling back to
+    /// any, as an untracked request would.
+    fn first(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
         match self {
             Route::Any => shared.pick(),
             Route::Tracked(tried) => {
@@ -61,6 +66,55 @@ impl<S> Route<S> {
                 tried.add(endpoint.addr);
                 Some(endpoint)
             }
+        }
+    }
+
+    /// An attempt on `addr` was never sent: from here on the request keeps
+    /// track of the endpoints it tried. (A tracked request and a hedge
+    /// recorded `addr` when they picked it.)
+    fn not_sent_on(&mut self, addr: SocketAddr) {
+        if let Route::Any = self {
+            let tried = Tried::default();
+            tried.add(addr);
+            *self = Route::Tracked(Arc::new(tried));
+        }
+    }
+
+    /// A retry's endpoint among those the request has not tried, recorded
+    /// as tried; `None` when none is pickable now.
+    fn untried(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+        match self {
+            // Not after `not_sent_on`; as `first` would, for completeness.
+            Route::Any => shared.pick(),
+            Route::Tracked(tried) | Route::Hedge { tried, .. } => {
+                let endpoint = tried.pick(shared)?;
+                tried.add(endpoint.addr);
+                Some(endpoint)
+            }
+        }
+    }
+
+    /// A retry's endpoint, whether the request tried it or not: P2C over
+    /// whatever is pickable now. Never for a hedge, which goes to other
+    /// pods only.
+    fn again(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+        match self {
+            Route::Any => shared.pick(),
+            Route::Tracked(tried) => {
+                let endpoint = shared.pick()?;
+                tried.add(endpoint.addr);
+                Some(endpoint)
+            }
+            Route::Hedge { .. } => None,
+        }
+    }
+
+    /// True when the snapshot lists an endpoint the request has not tried,
+    /// pickable now or not (connecting, backing off).
+    fn lists_untried(&self, shared: &Shared<S>) -> bool {
+        match self {
+            Route::Any => shared.lists_other(&[]),
+            Route::Tracked(tried) | Route::Hedge { tried, .. } => tried.lists_others(shared),
         }
     }
 
@@ -85,22 +139,40 @@ impl Tried {
     pub(crate) fn pick<S>(&self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
         shared.pick_avoiding(&lock(&self.0))
     }
+
+    /// True when the snapshot lists an endpoint no copy of the request went
+    /// to, in any state.
+    fn lists_others<S>(&self, shared: &Shared<S>) -> bool {
+        shared.lists_other(&lock(&self.0))
+    }
 }
 
 /// Serves one request through `balancer`.
 ///
 /// ```text
-///  pick ──none──► wait for a new snapshot (until failfast deadline) ──► NoEndpoints
-///   │
+///  pick ──none──► wait for a new snapshot (until the deadline) ──► NoEndpoints
+///   │                                                 (never tried anywhere)
 ///   ▼
-///  ready() ──err──► mark unhealthy ──► retry elsewhere (≤ max_retries) ──► Endpoint error
-///   │
-///   ▼
-///  call() ──NotSent──► mark unhealthy ──► retry elsewhere (≤ max_retries)
-///   │ ──other err──► Endpoint error (never retried)
+///  ready() ──err──┐
+///   │             ├─► mark unhealthy ──► retry (never sent: safe anywhere):
+///   ▼             │     1. an endpoint this request has not tried, pickable
+///  call() ─NotSent┘        now: as many as there are, until the deadline;
+///   │                   2. else wait for the next snapshot (at most until
+///   │                      the deadline), then 1., or an endpoint it tried
+///   │                      (at most max_retries of these in all);
+///   │                   nothing left ──► Endpoint { not_sent: true } (the last)
+///   │ ──other err──► Endpoint { not_sent: false } (never retried)
 ///   ▼
 ///  observe RTT, hand the response and the pending guard to the Completion
 /// ```
+///
+/// The deadline is `failfast_timeout` after the request's first wait for an
+/// endpoint or its first attempt that failed unsent, whichever came first:
+/// one budget for all its waits and retries. A retry on an endpoint the
+/// request already tried waits for a new snapshot (the background task's
+/// next reconnect or a discovery change), so that none loops on a dead pod;
+/// a request goes back to one only when it has no other, e.g. a service of
+/// one pod whose connection closed.
 pub(crate) async fn dispatch<Req, S, C>(
     balancer: Balancer<Req, S, C>,
     mut request: Req,
@@ -114,15 +186,30 @@ where
     C: Completion<S::Response>,
 {
     let config = &*balancer.config;
-    let mut retries = 0;
     let mut deadline = None;
+    // The error of the last attempt, which was never sent; `None` on the first.
+    let mut unsent: Option<BalanceError> = None;
+    // Retries on endpoints the request had already tried (≤ max_retries).
+    let mut repeats = 0;
     loop {
-        let endpoint = match route.next(&balancer.shared) {
-            Some(endpoint) => endpoint,
-            None if route.may_wait() => {
-                wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
+        let endpoint = match unsent.take() {
+            None => match route.first(&balancer.shared) {
+                Some(endpoint) => endpoint,
+                None if route.may_wait() => {
+                    wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
+                }
+                None => return Err(no_other_endpoint(&balancer)),
+            },
+            Some(error) => {
+                match retry_endpoint(&balancer, &mut route, &mut deadline, &mut repeats).await {
+                    Some(endpoint) => {
+                        config.metrics.retry();
+                        tracing::debug!(endpoint = %endpoint.addr, after = %error, repeats, "retrying a request that was never sent");
+                        endpoint
+                    }
+                    None => return Err(error),
+                }
             }
-            None => return Err(no_other_endpoint(&balancer)),
         };
         let addr = endpoint.addr;
         crate::metrics::record_endpoint(addr);
@@ -133,13 +220,9 @@ where
         if let Err(error) = ServiceExt::<Req>::ready(&mut service).await {
             let error = error.into();
             unsent_failure(&balancer, &endpoint, &guard, &error);
-            if retries < config.max_retries {
-                retries += 1;
-                config.metrics.retry();
-                tracing::debug!(endpoint = %addr, %error, retries, "endpoint not ready; retrying the request elsewhere");
-                continue;
-            }
-            return Err(endpoint_error(&endpoint, true, error));
+            route.not_sent_on(addr);
+            unsent = Some(endpoint_error(&endpoint, true, error));
+            continue;
         }
 
         endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
@@ -188,15 +271,14 @@ where
                 };
                 let returned = not_sent.take_request();
                 unsent_failure(&balancer, &endpoint, &guard, &error);
-                match returned {
-                    Some(again) if retries < config.max_retries => {
-                        retries += 1;
-                        config.metrics.retry();
-                        request = again;
-                        tracing::debug!(endpoint = %addr, %error, retries, "request not sent; retrying it elsewhere");
-                    }
-                    _ => return Err(endpoint_error(&endpoint, true, error)),
-                }
+                let error = endpoint_error(&endpoint, true, error);
+                // A `NotSent` without the request cannot be retried.
+                let Some(again) = returned else {
+                    return Err(error);
+                };
+                request = again;
+                route.not_sent_on(addr);
+                unsent = Some(error);
             }
         }
     }
@@ -263,7 +345,7 @@ async fn wait_for_endpoint<Req, S, C>(
         // Register before looking, so that a snapshot published in between wakes us.
         let mut changed = pin!(balancer.shared.changed().notified());
         changed.as_mut().enable();
-        if let Some(endpoint) = route.next(&balancer.shared) {
+        if let Some(endpoint) = route.first(&balancer.shared) {
             return Ok(endpoint);
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -280,6 +362,60 @@ async fn wait_for_endpoint<Req, S, C>(
                 last_error,
                 waited: timeout,
             });
+        }
+    }
+}
+
+/// Where a request whose last attempt was never sent goes next; `None`:
+/// nowhere, it fails with that attempt's error.
+///
+/// 1. An endpoint the request has not tried, pickable now, as long as the
+///    deadline (see [`dispatch`]; set here if no wait set it) has not passed.
+/// 2. A hedge goes nowhere else: its request is still running.
+/// 3. Otherwise, while the snapshot lists an endpoint the request has not
+///    tried (one still connecting, or backing off while others are Ready)
+///    or a retry on an endpoint it tried is left (`max_retries`), wait for
+///    the next snapshot, at most until the deadline, and look again: an
+///    untried endpoint first, else (retries left) any pickable one,
+///    counted in `repeats`.
+async fn retry_endpoint<Req, S, C>(
+    balancer: &Balancer<Req, S, C>,
+    route: &mut Route<S>,
+    deadline: &mut Option<Instant>,
+    repeats: &mut usize,
+) -> Option<Arc<Endpoint<S>>> {
+    let shared = &*balancer.shared;
+    let now = Instant::now();
+    let deadline = *deadline.get_or_insert(now + balancer.config.failfast_timeout);
+    if now >= deadline {
+        return None;
+    }
+    if let Some(endpoint) = route.untried(shared) {
+        return Some(endpoint);
+    }
+    if !route.may_wait() {
+        return None;
+    }
+    loop {
+        let may_repeat = *repeats < balancer.config.max_retries;
+        if !may_repeat && !route.lists_untried(shared) {
+            return None;
+        }
+        // Register before looking, so that a snapshot published in between wakes us.
+        let mut changed = pin!(shared.changed().notified());
+        changed.as_mut().enable();
+        if let Some(endpoint) = route.untried(shared) {
+            return Some(endpoint);
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return None;
+        }
+        if let Some(endpoint) = route.untried(shared) {
+            return Some(endpoint);
+        }
+        if may_repeat && let Some(endpoint) = route.again(shared) {
+            *repeats += 1;
+            return Some(endpoint);
         }
     }
 }

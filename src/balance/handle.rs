@@ -34,8 +34,9 @@ use crate::error::BalanceError;
 /// [`BalanceError::NoEndpoints`]), for the endpoint service's own `ready()`,
 /// and for the response. A request that was never sent (its endpoint's
 /// `ready()` failed, or `call()` returned [`NotSent`](crate::NotSent)) is tried
-/// on another endpoint, at most `max_retries` more times; any other error is
-/// returned as [`BalanceError::Endpoint`] and never retried.
+/// on every endpoint it has not tried yet, then on at most `max_retries` it
+/// tried, all within `failfast_timeout` (see [`Builder::max_retries`]); any
+/// other error is returned as [`BalanceError::Endpoint`] and never retried.
 ///
 /// Built with [`Balancer::builder`]; see [`Builder`] for the settings.
 pub struct Balancer<Req, S, C = CompleteOnResponse> {

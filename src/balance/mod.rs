@@ -29,8 +29,10 @@
 //!    total, then fail with [`BalanceError::NoEndpoints`](crate::BalanceError::NoEndpoints).
 //! 2. **Ready.** `ready()` on a clone of the endpoint's service. If it fails,
 //!    the request was never sent: the endpoint goes to Backoff (the background
-//!    task reconnects it) and the request is tried elsewhere, at most
-//!    `max_retries` more times.
+//!    task reconnects it) and the request is tried on an endpoint it has not
+//!    tried yet, as long as there is one, then on at most `max_retries` that
+//!    it tried (each after the next snapshot), all within `failfast_timeout`;
+//!    then it fails as not sent, with the last endpoint's error.
 //! 3. **Call.** If the endpoint service fails with a [`NotSent`](crate::NotSent) (anywhere in
 //!    the error's source chain) that gives the request back, likewise. Any
 //!    other error is returned ([`BalanceError::Endpoint`](crate::BalanceError::Endpoint)) and never retried:

@@ -114,6 +114,16 @@ impl<S> Shared<S> {
         self.snapshot.load().pick_if(|addr| !avoid.contains(&addr))
     }
 
+    /// True when the snapshot lists an endpoint whose address is not in
+    /// `avoid`, in any state (connecting, ready, backing off).
+    pub(crate) fn lists_other(&self, avoid: &[SocketAddr]) -> bool {
+        self.snapshot
+            .load()
+            .all
+            .iter()
+            .any(|e| !avoid.contains(&e.addr))
+    }
+
     /// Replaces the snapshot and wakes every request waiting for an endpoint.
     pub(crate) fn publish(&self, snapshot: Snapshot<S>) {
         self.snapshot.store(Arc::new(snapshot));

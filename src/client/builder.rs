@@ -265,7 +265,9 @@ impl<P, C, L> Builder<P, C, L> {
     // ----- the balancer -----
 
     /// How long a request waits for any pod before failing with
-    /// `NoEndpoints` (gRPC: `UNAVAILABLE`) naming the target \[3 s\].
+    /// `NoEndpoints` (gRPC: `UNAVAILABLE`) naming the target \[3 s\]; also
+    /// how long a request that was never sent goes on retrying (see
+    /// [`max_retries`](Self::max_retries)).
     pub fn failfast_timeout(mut self, timeout: Duration) -> Self {
         self.settings.balance.failfast_timeout = timeout;
         self
@@ -291,7 +293,10 @@ impl<P, C, L> Builder<P, C, L> {
         self
     }
 
-    /// Extra pods a request that was never sent may be tried on \[2\].
+    /// Retries of a request that was never sent (a refused connect) on a
+    /// pod it already tried \[2\]. Such a request first goes on to every pod
+    /// it has not tried, within `failfast_timeout`, then fails "not sent";
+    /// see [`balance::Builder::max_retries`].
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.settings.balance.max_retries = retries;
         self
