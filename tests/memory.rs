@@ -12,14 +12,10 @@
 //! not say (see `EndpointMetrics` in `src/metrics.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
-use headless_lb::balance::{Balancer, EndpointState};
 use tower::ServiceExt;
-use tower::discover::Change;
 
 #[path = "../benches/peers_core/immediate.rs"]
 #[allow(dead_code)]
@@ -64,19 +60,6 @@ static ALLOC: Counting = Counting;
 /// and the pod's label value (32 B). 344 B when this was written.
 const METRICS_PER_ENDPOINT: f64 = 350.0;
 
-/// Our balancer over `n` immediate endpoints, all of them used (no subset,
-/// whatever the open-file limit), once they are all Ready.
-async fn ours(n: usize) -> immediate::Ours {
-    let changes = (0..n)
-        .map(|i| Ok::<_, Infallible>(Change::Insert(immediate::addr(i), immediate::immediate())));
-    let discover = stream::iter(changes.collect::<Vec<_>>()).chain(stream::pending());
-    let lb: immediate::Ours = Balancer::builder().max_connected(n).build(discover);
-    while lb.stats().len() < n || lb.stats().iter().any(|s| s.state != EndpointState::Ready) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    lb
-}
-
 /// Live bytes held by a balancer over `n` endpoints after one request.
 fn held(rt: &tokio::runtime::Runtime, n: usize, tower: bool) -> isize {
     rt.block_on(async {
@@ -86,7 +69,7 @@ fn held(rt: &tokio::runtime::Runtime, n: usize, tower: bool) -> isize {
             lb.clone().oneshot(1).await.unwrap();
             LIVE.load(Ordering::Relaxed)
         } else {
-            let lb = ours(n).await;
+            let lb = immediate::ours(n).await;
             lb.clone().oneshot(1).await.unwrap();
             LIVE.load(Ordering::Relaxed)
         };

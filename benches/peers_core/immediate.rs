@@ -37,7 +37,10 @@ pub fn addr(i: usize) -> SocketAddr {
 pub async fn ours(n: usize) -> Ours {
     let changes = (0..n).map(|i| Ok::<_, Infallible>(Change::Insert(addr(i), immediate())));
     let discover = stream::iter(changes.collect::<Vec<_>>()).chain(stream::pending());
-    let lb: Ours = Balancer::builder().build(discover);
+    // Every endpoint connected, whatever the open-file limit: the default
+    // cap (half the soft limit) would leave endpoints unconnected and this
+    // wait would never end; immediate endpoints hold no descriptors.
+    let lb: Ours = Balancer::builder().max_connected(n).build(discover);
     while lb.stats().len() < n || lb.stats().iter().any(|s| s.state != EndpointState::Ready) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
