@@ -69,10 +69,11 @@ impl<S> Route<S> {
         }
     }
 
-    /// An attempt on `addr` was never sent: from here on the request keeps
-    /// track of the endpoints it tried. (A tracked request and a hedge
-    /// recorded `addr` when they picked it.)
-    fn not_sent_on(&mut self, addr: SocketAddr) {
+    /// An attempt on `addr` was never sent (or, for the gRPC channel's
+    /// replay, refused unprocessed): from here on the request keeps track of
+    /// the endpoints it tried. (A tracked request and a hedge recorded
+    /// `addr` when they picked it.)
+    pub(crate) fn not_sent_on(&mut self, addr: SocketAddr) {
         if let Route::Any = self {
             let tried = Tried::default();
             tried.add(addr);

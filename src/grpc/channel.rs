@@ -260,18 +260,17 @@ async fn send<S: HttpService<RequestBody>>(
     replay: impl Borrow<Replay>,
     tried: Option<Arc<Tried>>,
 ) -> Result<http::Response<ResponseBody>, crate::BalanceError> {
-    let first = balancer
-        .dispatch_routed(request, tried.clone().map_or(Route::Any, Route::Tracked))
-        .await;
+    let route = || tried.clone().map_or(Route::Any, Route::Tracked);
+    let first = balancer.dispatch_routed(request, route()).await;
     match first {
         Err(err) if replay::refused_unprocessed(&err) => match replay.borrow().again_after(&err) {
             Some(again) => {
                 tracing::debug!(%err, "RPC refused unprocessed; sending it to another pod");
-                let tried = tried.unwrap_or_default();
+                let mut route = route();
                 if let crate::BalanceError::Endpoint { endpoint, .. } = &err {
-                    tried.add(*endpoint);
+                    route.not_sent_on(*endpoint);
                 }
-                balancer.dispatch_routed(again, Route::Tracked(tried)).await
+                balancer.dispatch_routed(again, route).await
             }
             None => Err(err),
         },
