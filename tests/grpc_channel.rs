@@ -16,9 +16,9 @@ use headless_lb::{Discovery, DnsDiscover, EndpointState};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::channel::Change;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 const NAME: &str = "web.default.svc.cluster.local";
 
@@ -559,10 +559,23 @@ async fn keepalive_fails_an_rpc_to_a_silent_pod_with_unavailable() {
     held.abort();
 }
 
-/// A pod that reads each RPC's whole body and then resets the stream with
-/// `REFUSED_STREAM` (RFC 9113 §8.7: the stream was not processed), as a pod
-/// does that is shutting down; returns how many it refused.
-async fn refusing_pod(addr: SocketAddr) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+/// What a [`refusing_pod`] reads of an RPC's body before it refuses it.
+#[derive(Clone, Copy)]
+enum Reads {
+    /// All of it.
+    Whole,
+    /// Its first frame.
+    First,
+}
+
+/// A pod that reads each RPC's body (or only its first frame) and then
+/// resets the stream with `REFUSED_STREAM` (RFC 9113 §8.7: the stream was
+/// not processed), as a pod does that is shutting down; returns how many it
+/// refused.
+async fn refusing_pod(
+    addr: SocketAddr,
+    reads: Reads,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let refused = Arc::new(AtomicU64::new(0));
     let count = refused.clone();
@@ -581,9 +594,12 @@ async fn refusing_pod(addr: SocketAddr) -> (Arc<AtomicU64>, tokio::task::JoinHan
                         let mut body = request.into_body();
                         while let Some(Ok(chunk)) = body.data().await {
                             let _ = body.flow_control().release_capacity(chunk.len());
+                            if let Reads::First = reads {
+                                break;
+                            }
                         }
-                        count.fetch_add(1, Ordering::Relaxed);
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        count.fetch_add(1, Ordering::Relaxed);
                     });
                 }
             });
@@ -599,7 +615,8 @@ async fn an_rpc_refused_unprocessed_after_its_body_was_sent_goes_to_another_pod(
         .await
         .unwrap();
     let port = good.addr().port();
-    let (refused, refusing) = refusing_pod(SocketAddr::from(([127, 0, 0, 182], port))).await;
+    let (refused, refusing) =
+        refusing_pod(SocketAddr::from(([127, 0, 0, 182], port)), Reads::Whole).await;
     let dns = DnsServer::start().await.unwrap();
     let ips: Vec<IpAddr> = vec![[127, 0, 0, 181].into(), [127, 0, 0, 182].into()];
     dns.set_ips(NAME, &ips, 30);
@@ -623,6 +640,76 @@ async fn an_rpc_refused_unprocessed_after_its_body_was_sent_goes_to_another_pod(
     let refused = refused.load(Ordering::Relaxed);
     assert!(
         refused >= 5,
+        "the refusing pod saw {refused} of {sent} RPCs"
+    );
+    assert_eq!(
+        good.requests(),
+        sent,
+        "every RPC was answered by the good pod"
+    );
+    refusing.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stream_refused_before_its_end_goes_to_another_pod_whole() {
+    let _load = LOAD.lock().await;
+    let good = GrpcPod::start("127.0.0.183:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = good.addr().port();
+    let (refused, refusing) =
+        refusing_pod(SocketAddr::from(([127, 0, 0, 184], port)), Reads::First).await;
+    let dns = DnsServer::start().await.unwrap();
+    let ips: Vec<IpAddr> = vec![[127, 0, 0, 183].into(), [127, 0, 0, 184].into()];
+    dns.set_ips(NAME, &ips, 30);
+    let channel = Channel::builder()
+        .nameserver(dns.addr())
+        .build(&format!("dns:///{NAME}:{port}"))
+        .unwrap();
+    wait_ready(&channel, 2).await;
+
+    // Each RPC is a client stream: one message, then the stream stays open
+    // until the good pod has the RPC. One that P2C sends to the refusing pod
+    // is refused after its first frame, with the rest of its body still
+    // with the caller; the channel must send the frame it sent and then the
+    // rest to the good pod.
+    let good_addr = good.addr();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
+        let stats = channel.clone();
+        let at_good_pod = async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                let pending = stats
+                    .stats()
+                    .endpoints
+                    .iter()
+                    .any(|e| e.address == good_addr && e.pending > 0);
+                if pending {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let messages = futures::stream::iter([check_request()])
+            .chain(futures::stream::once(at_good_pod).filter_map(|()| async { None }));
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+        let path = http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            grpc.client_streaming(tonic::Request::new(messages), path, codec),
+        )
+        .await
+        .expect("the RPC ends");
+        assert!(answer.is_ok(), "RPC {sent} failed: {answer:?}");
+        sent += 1;
+    }
+    let refused = refused.load(Ordering::Relaxed);
+    assert!(
+        refused >= 3,
         "the refusing pod saw {refused} of {sent} RPCs"
     );
     assert_eq!(

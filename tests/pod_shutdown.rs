@@ -219,6 +219,68 @@ async fn pod_shutdown_cuts_off_what_outlives_the_grace() {
     assert!(refuses_connections(addr).await);
 }
 
+/// Reads one HTTP/1.1 response with a `content-length` off `tcp`; its head.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut buf))
+            .await
+            .expect("the pod answers")
+            .expect("read");
+        assert!(n > 0, "the pod closed mid-response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().expect("content-length"));
+        if got.len() >= end + 4 + length {
+            return head;
+        }
+    }
+}
+
+#[tokio::test]
+async fn pod_shutdown_reads_what_a_client_still_sends_instead_of_resetting_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pod = Pod::start("127.0.0.77:0".parse().unwrap()).await.unwrap();
+    let addr = pod.addr();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: pod\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_response(&mut tcp).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    let shutdown = tokio::spawn(async move { pod.shutdown(DEADLINE).await });
+    let mut buf = [0u8; 64];
+    let eof = tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "the idle connection closes: {eof:?}"
+    );
+    // A client that has not read the close yet goes on writing (an h2
+    // PING ack, a WINDOW_UPDATE, the next request). The pod must read that
+    // and drop it: closing with it unread sends RST, which destroys what the
+    // client has not read yet (HTTP/2 responses, the last GOAWAY). So the
+    // client may write for 100 ms (the pod lingers 500 ms) without a reset.
+    for i in 0..20 {
+        if let Err(err) = tcp.write_all(b"x").await {
+            panic!("write {i} after the close: {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end = tcp.read(&mut buf).await;
+    assert!(matches!(end, Ok(0)), "EOF, not a reset: {end:?}");
+    assert!(shutdown.await.unwrap(), "drained within the grace");
+}
+
 #[cfg(feature = "tonic")]
 #[tokio::test]
 async fn grpc_pod_shutdown_sends_goaway_and_completes_rpcs_in_flight() {

@@ -11,6 +11,14 @@
 //! recorded bytes and the head the endpoint handed back with the refusal
 //! (the endpoint keeps a copy of every HTTP/2 request's head anyway).
 //!
+//! A refusal can also come while the body is still being sent (a client
+//! stream, or a unary RPC between its message and its end). hyper then
+//! drops the body unfinished; the [`Recorder`] leaves the caller's body,
+//! unread from where it stopped, in the recording, and the RPC goes again
+//! with the recorded frames followed by the rest of the caller's body. The
+//! endpoint hands the head back only once hyper has dropped the body
+//! (`http/replay.rs`), so the rest is in place by then.
+//!
 //! ```text
 //!  Channel::call
 //!        body ──► Recorder ──► h2                    refused unprocessed,
@@ -69,6 +77,9 @@ struct Recording {
     complete: bool,
     /// More than [`MAX_RECORDED`] bytes, trailers, or an error: no replay.
     spoiled: bool,
+    /// The caller's body from where it stopped, left by a [`Recorder`]
+    /// dropped before the body ended (and before it spoiled).
+    unread: Option<tonic::body::Body>,
 }
 
 /// The request body sent in place of the caller's: the same frames, copied
@@ -76,6 +87,13 @@ struct Recording {
 pub(crate) struct Recorder {
     inner: tonic::body::Body,
     recording: Arc<Mutex<Recording>>,
+}
+
+/// A replayed body that was refused unfinished: the frames sent before the
+/// refusal, as one, then the rest of the caller's body.
+struct Resumed {
+    sent: Option<Bytes>,
+    rest: tonic::body::Body,
 }
 
 // ===== impl Replay =====
@@ -108,16 +126,11 @@ impl Replay {
     }
 
     /// The RPC again, with the head copied by [`record`](Self::record) and
-    /// the body it sent, if the body was recorded whole.
+    /// the body it sent, if the body was recorded whole. (A hedge: the first
+    /// copy may still be sending, so an unfinished body is not taken.)
     pub(crate) fn again(&self) -> Option<http::Request<tonic::body::Body>> {
-        let head = self.head.as_ref()?;
-        let mut request = http::Request::new(());
-        *request.method_mut() = head.method.clone();
-        *request.uri_mut() = head.uri.clone();
-        *request.version_mut() = head.version;
-        *request.headers_mut() = head.headers.clone();
-        *request.extensions_mut() = head.extensions.clone();
-        self.again_with(request)
+        let head = self.head.as_ref()?.to_request();
+        self.again_with(head, false)
     }
 
     /// The RPC again after `error` (a refusal, see
@@ -131,19 +144,33 @@ impl Replay {
             .find_map(|e| e.downcast_ref::<crate::http::RefusedUnprocessed>())
             .and_then(|refused| refused.take_head());
         match handed_back {
-            Some(head) => self.again_with(head),
-            None => self.again(),
+            Some(head) => self.again_with(head, true),
+            None => {
+                let head = self.head.as_ref()?.to_request();
+                self.again_with(head, true)
+            }
         }
     }
 
-    /// `head` with the body the RPC sent, if the body was recorded whole.
-    fn again_with(&self, head: http::Request<()>) -> Option<http::Request<tonic::body::Body>> {
-        let data = {
-            let recording = crate::sync::lock(&self.recording);
-            if !recording.complete || recording.spoiled {
+    /// `head` with the body the RPC sent, if the body was recorded whole;
+    /// with `resume`, also when the recorder was dropped unfinished: the
+    /// recorded frames and then the rest of the caller's body.
+    fn again_with(
+        &self,
+        head: http::Request<()>,
+        resume: bool,
+    ) -> Option<http::Request<tonic::body::Body>> {
+        let (data, rest) = {
+            let mut recording = crate::sync::lock(&self.recording);
+            if recording.spoiled {
                 return None;
             }
-            match (&recording.first, recording.rest.as_slice()) {
+            let rest = match recording.complete {
+                true => None,
+                false if resume => Some(recording.unread.take()?),
+                false => return None,
+            };
+            let data = match (&recording.first, recording.rest.as_slice()) {
                 (None, _) => Bytes::new(),
                 (Some(one), []) => one.clone(),
                 (Some(first), rest) => {
@@ -153,10 +180,31 @@ impl Replay {
                     }
                     all.freeze()
                 }
-            }
+            };
+            (data, rest)
         };
-        let body = tonic::body::Body::new(http_body_util::Full::new(data));
+        let body = match rest {
+            None => tonic::body::Body::new(http_body_util::Full::new(data)),
+            Some(rest) => tonic::body::Body::new(Resumed {
+                sent: (!data.is_empty()).then_some(data),
+                rest,
+            }),
+        };
         Some(head.map(|()| body))
+    }
+}
+
+// ===== impl Head =====
+
+impl Head {
+    fn to_request(&self) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        request
     }
 }
 
@@ -202,6 +250,51 @@ impl Body for Recorder {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let mut recording = crate::sync::lock(&self.recording);
+        if !recording.complete && !recording.spoiled {
+            recording.unread = Some(std::mem::replace(
+                &mut self.inner,
+                tonic::body::Body::empty(),
+            ));
+        }
+    }
+}
+
+// ===== impl Resumed =====
+
+impl Body for Resumed {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = self.get_mut();
+        match this.sent.take() {
+            Some(sent) => Poll::Ready(Some(Ok(Frame::data(sent)))),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let sent = self.sent.as_ref().map_or(0, |b| b.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + sent);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + sent);
+        }
+        hint
     }
 }
 
@@ -254,11 +347,35 @@ mod tests {
         let head = http::Request::post("/x.Y/Z").body(()).unwrap();
         let sent = sent.into_body().collect().await.unwrap().to_bytes();
         assert!(replay.again().is_none(), "no head was kept");
-        let again = replay.again_with(head).expect("the body ended");
+        let again = replay.again_with(head, true).expect("the body ended");
         assert_eq!(again.uri(), "/x.Y/Z");
         let replayed = again.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&replayed[..], b"\0\0\0\0\x03abc");
         assert_eq!(replayed, sent);
+    }
+
+    /// Refused between the body's frames: hyper drops the body unfinished;
+    /// the replay sends what was sent and then the rest of the caller's.
+    #[tokio::test]
+    async fn a_body_refused_unfinished_is_replayed_with_its_rest() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, tonic::Status>>();
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x03ab"))))
+            .unwrap();
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(rx));
+        let (replay, sent) =
+            Replay::record(http::Request::post("/x.Y/Z").body(body).unwrap(), true);
+        let mut sent = sent.into_body();
+        let first = sent.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"\0\0\0\0\x03ab");
+        assert!(replay.again().is_none(), "a hedge needs the whole body");
+        drop(sent);
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"c"))))
+            .unwrap();
+        drop(tx);
+        let head = http::Request::post("/x.Y/Z").body(()).unwrap();
+        let again = replay.again_with(head, true).expect("the rest was left");
+        let replayed = again.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&replayed[..], b"\0\0\0\0\x03abc");
     }
 
     #[tokio::test]

@@ -431,9 +431,9 @@ fn send_h2<B: RequestBody>(
         let back = match handed_back {
             Some(req) => {
                 drop(req);
-                Some(kept.restore())
+                Some(kept.restore().await)
             }
-            None if refused => Some(kept.restore()),
+            None if refused => Some(kept.restore().await),
             None => None,
         };
         match back {

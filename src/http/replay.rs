@@ -30,12 +30,20 @@
 //! ([`KeptHead`]) and sends its body through [`GiveBack`], which hands the
 //! body back if it is dropped unread. A body that h2 began to read is not
 //! replayed (it is gone); h2 reads none before the stream opens.
+//!
+//! hyper may report a refusal before it drops the body it never read: when h2
+//! will not open the stream, hyper's dispatch (`proto/h2/client.rs`) answers
+//! the caller with the error first and drops the body after. So
+//! [`KeptHead::restore`] waits for the [`GiveBack`] to be dropped (at most
+//! [`RELEASE_WAIT`]) before it decides whether the body came back; deciding
+//! earlier would take a body never sent for one that was.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Buf;
 use http::{Extensions, HeaderMap, Method, Uri, Version};
@@ -170,6 +178,12 @@ impl<T: Write + Unpin> Write for FirstByte<T> {
     }
 }
 
+/// The longest [`KeptHead::restore`] waits for hyper to drop a refused
+/// request's body. hyper drops it right after it reports the error, or when
+/// the reset stream's body pipe next runs; the bound only keeps a body held
+/// elsewhere (a per-pod layer that kept it) from holding up the error.
+pub(crate) const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
 /// The head of a request, copied before it was sent.
 pub(crate) struct KeptHead<B> {
     method: Method,
@@ -177,7 +191,24 @@ pub(crate) struct KeptHead<B> {
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
-    slot: Arc<Mutex<Option<B>>>,
+    slot: Arc<Slot<B>>,
+}
+
+/// Where a [`GiveBack`] leaves its body when it is dropped, and the signal
+/// that it was.
+struct Slot<B> {
+    returned: Mutex<Returned<B>>,
+    released: tokio::sync::Notify,
+}
+
+/// What became of a [`GiveBack`]'s body.
+enum Returned<B> {
+    /// The `GiveBack` is alive: hyper may still send the body.
+    Out,
+    /// Dropped before anyone polled it: the body, unread.
+    Unread(B),
+    /// Dropped after it was polled (sent, at least in part), or restored.
+    Gone,
 }
 
 /// What [`KeptHead::restore`] rebuilt.
@@ -193,7 +224,7 @@ pub(crate) enum Restored<B> {
 pub(crate) struct GiveBack<B> {
     body: Option<B>,
     polled: bool,
-    slot: Arc<Mutex<Option<B>>>,
+    slot: Arc<Slot<B>>,
 }
 
 // ===== impl KeptHead =====
@@ -203,7 +234,10 @@ impl<B> KeptHead<B> {
     /// send.
     pub(crate) fn take(request: http::Request<B>) -> (KeptHead<B>, http::Request<GiveBack<B>>) {
         let (parts, body) = request.into_parts();
-        let slot = Arc::new(Mutex::new(None));
+        let slot = Arc::new(Slot {
+            returned: Mutex::new(Returned::Out),
+            released: tokio::sync::Notify::new(),
+        });
         let saved = KeptHead {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -221,13 +255,34 @@ impl<B> KeptHead<B> {
     }
 
     /// The request as the caller made it, if its body came back unread;
-    /// else its head alone, for a caller that kept the body.
-    pub(crate) fn restore(self) -> Restored<B> {
-        let body = crate::sync::lock(&self.slot).take();
-        match body {
-            Some(body) => Restored::Whole(self.with_body(body)),
-            None => Restored::Head(self.with_body(())),
+    /// else its head alone, for a caller that kept the body. Waits first
+    /// for the [`GiveBack`] to be dropped, at most [`RELEASE_WAIT`] (see the
+    /// module doc); a body still held after that counts as read.
+    pub(crate) async fn restore(self) -> Restored<B> {
+        if !self.released() {
+            let released = async {
+                loop {
+                    let dropped = self.slot.released.notified();
+                    if self.released() {
+                        return;
+                    }
+                    dropped.await;
+                }
+            };
+            // On the deadline the body counts as read: below.
+            let _ = tokio::time::timeout(RELEASE_WAIT, released).await;
         }
+        let returned =
+            std::mem::replace(&mut *crate::sync::lock(&self.slot.returned), Returned::Gone);
+        match returned {
+            Returned::Unread(body) => Restored::Whole(self.with_body(body)),
+            Returned::Out | Returned::Gone => Restored::Head(self.with_body(())),
+        }
+    }
+
+    /// The [`GiveBack`] was dropped.
+    fn released(&self) -> bool {
+        !matches!(*crate::sync::lock(&self.slot.returned), Returned::Out)
     }
 
     fn with_body<T>(self, body: T) -> http::Request<T> {
@@ -284,11 +339,18 @@ impl<B: Body + Unpin> Body for GiveBack<B> {
 
 impl<B> Drop for GiveBack<B> {
     fn drop(&mut self) {
-        if !self.polled
-            && let Some(body) = self.body.take()
-        {
-            *crate::sync::lock(&self.slot) = Some(body);
-        }
+        // A read body is dropped before the release is signalled, so that
+        // whatever it owns (the gRPC channel's recorder) has let go of the
+        // rest of the caller's body by the time the head is restored.
+        let returned = match self.body.take() {
+            Some(body) if !self.polled => Returned::Unread(body),
+            read => {
+                drop(read);
+                Returned::Gone
+            }
+        };
+        *crate::sync::lock(&self.slot.returned) = returned;
+        self.slot.released.notify_one();
     }
 }
 
@@ -307,29 +369,54 @@ mod h2_tests {
         request
     }
 
-    #[test]
-    fn an_unread_body_comes_back_with_the_whole_head() {
+    #[tokio::test]
+    async fn an_unread_body_comes_back_with_the_whole_head() {
         let (saved, sent) = KeptHead::take(request());
         drop(sent);
-        let Restored::Whole(back) = saved.restore() else {
+        let Restored::Whole(back) = saved.restore().await else {
             panic!("the body was never read");
         };
         assert_eq!(back.method(), Method::POST);
         assert_eq!(back.uri(), "http://web.default.svc.cluster.local/x");
         assert_eq!(back.headers()["x-id"], "7");
         assert_eq!(back.extensions().get::<u32>(), Some(&42));
-        let body = futures::executor::block_on(back.into_body().collect()).unwrap();
+        let body = back.into_body().collect().await.unwrap();
         assert_eq!(body.to_bytes(), "payload");
     }
 
-    #[test]
-    fn a_body_that_was_read_does_not_come_back() {
+    #[tokio::test]
+    async fn a_body_that_was_read_does_not_come_back() {
         let (saved, sent) = KeptHead::take(request());
         let mut body = sent.into_body();
-        let frame = futures::executor::block_on(body.frame());
-        assert!(frame.is_some());
+        assert!(body.frame().await.is_some());
         drop(body);
-        assert!(matches!(saved.restore(), Restored::Head(_)));
+        assert!(matches!(saved.restore().await, Restored::Head(_)));
+    }
+
+    /// hyper answers "refused" before it drops the body it never sent; the
+    /// restore waits for the drop instead of taking the body for read.
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_begun_before_hyper_drops_the_unread_body_waits_for_it() {
+        let (saved, sent) = KeptHead::take(request());
+        let restoring = tokio::spawn(saved.restore());
+        tokio::time::sleep(RELEASE_WAIT / 2).await;
+        assert!(!restoring.is_finished(), "the body is still out");
+        drop(sent);
+        let Ok(Restored::Whole(back)) = restoring.await else {
+            panic!("the body was never read");
+        };
+        let body = back.into_body().collect().await.unwrap();
+        assert_eq!(body.to_bytes(), "payload");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_held_past_the_wait_counts_as_read() {
+        let (saved, sent) = KeptHead::take(request());
+        let started = tokio::time::Instant::now();
+        assert!(matches!(saved.restore().await, Restored::Head(_)));
+        assert_eq!(started.elapsed(), RELEASE_WAIT);
+        // Dropped late, the body goes nowhere (and nothing panics).
+        drop(sent);
     }
 
     #[test]

@@ -7,14 +7,17 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -26,6 +29,17 @@ use crate::sync::lock;
 /// How long the accept loop waits after a failed accept (EMFILE and the
 /// like) before it tries again, instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// How long a pod's connection, after it has shut down its side, goes on
+/// reading (and dropping) what the client still sends, until the client
+/// closes too. A socket closed with unread bytes makes the kernel answer
+/// with RST, and a client that meets the RST while writing loses the
+/// responses and the GOAWAY still in its receive buffer (h2 fails every
+/// stream of the connection on the write error), so a graceful stop would
+/// fail requests it had answered. 500 ms is what Go's `net/http` waits
+/// (`rstAvoidanceDelay`); a client that reads the close answers in
+/// microseconds.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// What a pod does with each accepted connection: serve it until it ends,
 /// closing gracefully once the receiver turns true.
@@ -480,7 +494,7 @@ pub(crate) async fn serve_http<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(Linger::new(stream)), service);
     let mut conn = std::pin::pin!(conn);
     let finished = tokio::select! {
         result = conn.as_mut() => Some(result),
@@ -643,3 +657,78 @@ macro_rules! pod_lifecycle {
     };
 }
 pub(crate) use pod_lifecycle;
+
+/// A pod's connection that closes as a careful server does (a "lingering
+/// close"): its shutdown sends FIN and then reads until the client's EOF, at
+/// most [`LINGER`], so that the socket is never closed with unread bytes.
+struct Linger<S> {
+    io: S,
+    /// Set once the write side is shut: when to stop waiting for the client.
+    until: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Linger<S> {
+    fn new(io: S) -> Self {
+        Self { io, until: None }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Linger<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Linger<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let until = match &mut this.until {
+            Some(until) => until,
+            None => {
+                ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+                this.until.insert(Box::pin(tokio::time::sleep(LINGER)))
+            }
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            if until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf)) {
+                // More from the client: dropped; read on until its EOF.
+                Ok(()) if !buf.filled().is_empty() => {}
+                // EOF, or the client is gone: nothing unread is left.
+                Ok(()) | Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
