@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service};
 
 use super::builder::Config;
 use super::completion::{Completion, PendingGuard};
@@ -53,16 +53,16 @@ impl<S> Route<S> {
     /// `None` when nothing is pickable now. A tracked request prefers the
     /// endpoints outside [`Tried`] (where its hedge is not), falling back to
     /// any, as an untracked request would.
-    fn first(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+    fn first(&mut self, shared: &Shared<S>, now: Instant) -> Option<Arc<Endpoint<S>>> {
         match self {
-            Route::Any => shared.pick(),
+            Route::Any => shared.pick(now),
             Route::Tracked(tried) => {
-                let endpoint = tried.pick(shared).or_else(|| shared.pick())?;
+                let endpoint = tried.pick(shared, now).or_else(|| shared.pick(now))?;
                 tried.add(endpoint.addr);
                 Some(endpoint)
             }
             Route::Hedge { tried, first } => {
-                let endpoint = first.take().or_else(|| tried.pick(shared))?;
+                let endpoint = first.take().or_else(|| tried.pick(shared, now))?;
                 tried.add(endpoint.addr);
                 Some(endpoint)
             }
@@ -83,12 +83,12 @@ impl<S> Route<S> {
 
     /// A retry's endpoint among those the request has not tried, recorded
     /// as tried; `None` when none is pickable now.
-    fn untried(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+    fn untried(&mut self, shared: &Shared<S>, now: Instant) -> Option<Arc<Endpoint<S>>> {
         match self {
             // Not after `not_sent_on`; as `first` would, for completeness.
-            Route::Any => shared.pick(),
+            Route::Any => shared.pick(now),
             Route::Tracked(tried) | Route::Hedge { tried, .. } => {
-                let endpoint = tried.pick(shared)?;
+                let endpoint = tried.pick(shared, now)?;
                 tried.add(endpoint.addr);
                 Some(endpoint)
             }
@@ -98,11 +98,11 @@ impl<S> Route<S> {
     /// A retry's endpoint, whether the request tried it or not: P2C over
     /// whatever is pickable now. Never for a hedge, which goes to other
     /// pods only.
-    fn again(&mut self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
+    fn again(&mut self, shared: &Shared<S>, now: Instant) -> Option<Arc<Endpoint<S>>> {
         match self {
-            Route::Any => shared.pick(),
+            Route::Any => shared.pick(now),
             Route::Tracked(tried) => {
-                let endpoint = shared.pick()?;
+                let endpoint = shared.pick(now)?;
                 tried.add(endpoint.addr);
                 Some(endpoint)
             }
@@ -137,8 +137,8 @@ impl Tried {
     }
 
     /// P2C among the endpoints no copy of the request went to.
-    pub(crate) fn pick<S>(&self, shared: &Shared<S>) -> Option<Arc<Endpoint<S>>> {
-        shared.pick_avoiding(&lock(&self.0))
+    pub(crate) fn pick<S>(&self, shared: &Shared<S>, now: Instant) -> Option<Arc<Endpoint<S>>> {
+        shared.pick_avoiding(&lock(&self.0), now)
     }
 
     /// True when the snapshot lists an endpoint no copy of the request went
@@ -186,15 +186,23 @@ where
     Req: Send + 'static,
     C: Completion<S::Response>,
 {
-    let config = &*balancer.config;
+    let config = &balancer.inner.config;
     let mut deadline = None;
     // The error of the last attempt, which was never sent; `None` on the first.
     let mut unsent: Option<BalanceError> = None;
     // Retries on endpoints the request had already tried (≤ max_retries).
     let mut repeats = 0;
     loop {
+        // When the endpoint was picked, if it was picked without waiting:
+        // the request's send time too when the endpoint is ready at once
+        // (one clock read for both; they are nanoseconds apart).
+        let mut picked_at = None;
         let endpoint = match unsent.take() {
-            None => match route.first(&balancer.shared) {
+            None => match route.first(&balancer.inner.shared, {
+                let now = Instant::now();
+                picked_at = Some(now);
+                now
+            }) {
                 Some(endpoint) => endpoint,
                 None if route.may_wait() => {
                     wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
@@ -218,7 +226,13 @@ where
         let guard = PendingGuard::new(endpoint.clone());
         let mut service = endpoint.service.clone();
 
-        if let Err(error) = ServiceExt::<Req>::ready(&mut service).await {
+        let mut at_once = true;
+        let ready = std::future::poll_fn(|cx| {
+            let ready = service.poll_ready(cx);
+            at_once &= ready.is_ready();
+            ready
+        });
+        if let Err(error) = ready.await {
             let error = error.into();
             unsent_failure(&balancer, &endpoint, &guard, &error);
             route.not_sent_on(addr);
@@ -227,7 +241,10 @@ where
         }
 
         endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
-        let sent_at = Instant::now();
+        let sent_at = match picked_at {
+            Some(picked_at) if at_once => picked_at,
+            _ => Instant::now(),
+        };
         let waiting = Waiting::start(&endpoint.load, sent_at);
         let abandoned = Abandoned {
             guard: &guard,
@@ -340,22 +357,22 @@ async fn wait_for_endpoint<Req, S, C>(
     deadline: &mut Option<Instant>,
     route: &mut Route<S>,
 ) -> Result<Arc<Endpoint<S>>, BalanceError> {
-    let timeout = balancer.config.failfast_timeout;
+    let timeout = balancer.inner.config.failfast_timeout;
     let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
     loop {
         // Register before looking, so that a snapshot published in between wakes us.
-        let mut changed = pin!(balancer.shared.changed().notified());
+        let mut changed = pin!(balancer.inner.shared.changed().notified());
         changed.as_mut().enable();
-        if let Some(endpoint) = route.first(&balancer.shared) {
+        if let Some(endpoint) = route.first(&balancer.inner.shared, Instant::now()) {
             return Ok(endpoint);
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            let config = &balancer.config;
+            let config = &balancer.inner.config;
             let last_error = config
                 .last_error_source
                 .as_ref()
                 .and_then(|source| source())
-                .or_else(|| balancer.shared.discover_error());
+                .or_else(|| balancer.inner.shared.discover_error());
             config.metrics.failfast();
             tracing::debug!(target_name = %config.target, waited = ?timeout, "no endpoint available");
             return Err(BalanceError::NoEndpoints {
@@ -385,36 +402,37 @@ async fn retry_endpoint<Req, S, C>(
     deadline: &mut Option<Instant>,
     repeats: &mut usize,
 ) -> Option<Arc<Endpoint<S>>> {
-    let shared = &*balancer.shared;
+    let shared = &*balancer.inner.shared;
     let now = Instant::now();
-    let deadline = *deadline.get_or_insert(now + balancer.config.failfast_timeout);
+    let deadline = *deadline.get_or_insert(now + balancer.inner.config.failfast_timeout);
     if now >= deadline {
         return None;
     }
-    if let Some(endpoint) = route.untried(shared) {
+    if let Some(endpoint) = route.untried(shared, now) {
         return Some(endpoint);
     }
     if !route.may_wait() {
         return None;
     }
     loop {
-        let may_repeat = *repeats < balancer.config.max_retries;
+        let may_repeat = *repeats < balancer.inner.config.max_retries;
         if !may_repeat && !route.lists_untried(shared) {
             return None;
         }
         // Register before looking, so that a snapshot published in between wakes us.
         let mut changed = pin!(shared.changed().notified());
         changed.as_mut().enable();
-        if let Some(endpoint) = route.untried(shared) {
+        if let Some(endpoint) = route.untried(shared, Instant::now()) {
             return Some(endpoint);
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return None;
         }
-        if let Some(endpoint) = route.untried(shared) {
+        let now = Instant::now();
+        if let Some(endpoint) = route.untried(shared, now) {
             return Some(endpoint);
         }
-        if may_repeat && let Some(endpoint) = route.again(shared) {
+        if may_repeat && let Some(endpoint) = route.again(shared, now) {
             *repeats += 1;
             return Some(endpoint);
         }
@@ -426,7 +444,7 @@ async fn retry_endpoint<Req, S, C>(
 /// answer (or error) is returned.
 fn no_other_endpoint<Req, S, C>(balancer: &Balancer<Req, S, C>) -> BalanceError {
     BalanceError::NoEndpoints {
-        target: balancer.config.target.clone(),
+        target: balancer.inner.config.target.clone(),
         last_error: Some("no other endpoint for a hedged request".to_owned()),
         waited: std::time::Duration::ZERO,
     }
@@ -442,7 +460,7 @@ fn unsent_failure<Req, S, C>(
 ) {
     guard.record_not_sent();
     endpoint.mark_unhealthy();
-    endpoint_failed(&balancer.config, endpoint.addr);
+    endpoint_failed(&balancer.inner.config, endpoint.addr);
     warn_failure(
         balancer,
         endpoint,
@@ -478,7 +496,7 @@ fn warn_failure<Req, S, C>(
     crate::log::warn_or_debug!(
         endpoint
             .load
-            .warn_allowed(Instant::now(), balancer.config.warn_interval),
+            .warn_allowed(Instant::now(), balancer.inner.config.warn_interval),
         endpoint = %endpoint.addr,
         %error,
         "{message}"

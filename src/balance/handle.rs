@@ -40,12 +40,20 @@ use crate::error::BalanceError;
 ///
 /// Built with [`Balancer::builder`]; see [`Builder`] for the settings.
 pub struct Balancer<Req, S, C = CompleteOnResponse> {
-    pub(crate) shared: Arc<Shared<S>>,
-    pub(crate) config: Arc<Config>,
+    /// One reference count for all that the handles share: a clone (every
+    /// request's future holds one) costs one atomic increment, not one per
+    /// part.
+    pub(crate) inner: Arc<Inner<S>>,
     pub(crate) completion: C,
-    /// Dropping the last clone ends the background task.
-    _task: Arc<oneshot::Sender<()>>,
     _req: PhantomData<fn(Req)>,
+}
+
+/// What every clone of a [`Balancer`] shares.
+pub(crate) struct Inner<S> {
+    pub(crate) shared: Arc<Shared<S>>,
+    pub(crate) config: Config,
+    /// Dropped with the last clone: ends the background task.
+    _stop: oneshot::Sender<()>,
 }
 
 /// The future [`Balancer::call`](tower::Service::call) returns.
@@ -68,12 +76,12 @@ impl<Req, S, C> Balancer<Req, S, C> {
     /// Cost: one entry per endpoint; reads atomics, takes no lock that
     /// requests take.
     pub fn stats(&self) -> Vec<EndpointStats> {
-        self.shared.stats()
+        self.inner.shared.stats()
     }
 
     /// The target name given to the builder.
     pub fn target_name(&self) -> &str {
-        &self.config.target
+        &self.inner.config.target
     }
 }
 
@@ -101,10 +109,12 @@ where
             stopped,
         ));
         Self {
-            shared,
-            config: Arc::new(config),
+            inner: Arc::new(Inner {
+                shared,
+                config,
+                _stop: stop,
+            }),
             completion,
-            _task: Arc::new(stop),
             _req: PhantomData,
         }
     }
@@ -132,7 +142,7 @@ where
         request: Req,
         route: Route<S>,
     ) -> impl Future<Output = Result<C::Output, BalanceError>> + Send + 'static {
-        let span = crate::metrics::request_span(&self.config.target);
+        let span = crate::metrics::request_span(&self.inner.config.target);
         tracing::Instrument::instrument(dispatch(self.clone(), request, route), span)
     }
 
@@ -156,7 +166,7 @@ where
 impl<Req, S, C> Balancer<Req, S, C> {
     /// P2C among the endpoints outside `tried`: where a hedge would go now.
     pub(crate) fn pick_avoiding(&self, tried: &Tried) -> Option<Arc<Endpoint<S>>> {
-        tried.pick(&self.shared)
+        tried.pick(&self.inner.shared, tokio::time::Instant::now())
     }
 }
 
@@ -186,10 +196,8 @@ where
 impl<Req, S, C: Clone> Clone for Balancer<Req, S, C> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
-            config: self.config.clone(),
+            inner: self.inner.clone(),
             completion: self.completion.clone(),
-            _task: self._task.clone(),
             _req: PhantomData,
         }
     }
@@ -198,8 +206,8 @@ impl<Req, S, C: Clone> Clone for Balancer<Req, S, C> {
 impl<Req, S, C> fmt::Debug for Balancer<Req, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
-            .field("target", &self.config.target)
-            .field("endpoints", &self.shared.stats().len())
+            .field("target", &self.inner.config.target)
+            .field("endpoints", &self.inner.shared.stats().len())
             .finish_non_exhaustive()
     }
 }

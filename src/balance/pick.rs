@@ -35,8 +35,8 @@ pub(crate) fn pick_pair(len: usize, rng: &mut fastrand::Rng) -> (usize, usize) {
 }
 
 /// Picks the less loaded of two random endpoints among `candidates` that
-/// `pickable` accepts (by state, and for a hedge by address); O(1) unless
-/// most candidates went stale or are excluded.
+/// `pickable` accepts (by state, and for a hedge by address), their loads
+/// read at `now`; O(1) unless most candidates went stale or are excluded.
 ///
 /// `pickable` is a generic closure, not a function pointer, so that the
 /// common pick (by state alone) compiles to the same code as a plain state
@@ -44,6 +44,7 @@ pub(crate) fn pick_pair(len: usize, rng: &mut fastrand::Rng) -> (usize, usize) {
 pub(crate) fn p2c<S>(
     candidates: &[Arc<Endpoint<S>>],
     pickable: impl Fn(&Endpoint<S>) -> bool,
+    now: Instant,
 ) -> Option<&Arc<Endpoint<S>>> {
     let ok = |e: &Arc<Endpoint<S>>| pickable(e);
     match candidates.len() {
@@ -56,7 +57,7 @@ pub(crate) fn p2c<S>(
                 let (ea, eb) = (&candidates[a], &candidates[b]);
                 match (ok(ea), ok(eb)) {
                     (true, true) => {
-                        let (chosen, ca, cb) = Endpoint::choose(ea, eb, Instant::now());
+                        let (chosen, ca, cb) = Endpoint::choose(ea, eb, now);
                         let chosen = if std::ptr::eq(chosen, &**ea) { ea } else { eb };
                         tracing::trace!(
                             a.endpoint = %ea.addr,

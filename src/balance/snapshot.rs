@@ -68,22 +68,30 @@ impl<S> Snapshot<S> {
     }
 
     /// P2C over the ready endpoints; in panic mode over all backing-off ones.
-    fn pick(&self) -> Option<Arc<Endpoint<S>>> {
-        self.pick_if(|_| true)
+    fn pick(&self, now: Instant) -> Option<Arc<Endpoint<S>>> {
+        self.pick_if(|_| true, now)
     }
 
     /// [`pick`](Self::pick) among the endpoints whose address `allowed`
     /// accepts: a hedge must go to a pod its request has not been sent to.
-    fn pick_if(&self, allowed: impl Fn(SocketAddr) -> bool) -> Option<Arc<Endpoint<S>>> {
+    fn pick_if(
+        &self,
+        allowed: impl Fn(SocketAddr) -> bool,
+        now: Instant,
+    ) -> Option<Arc<Endpoint<S>>> {
         let ready = |e: &Endpoint<S>| e.state() == EndpointState::Ready && allowed(e.addr);
-        if let Some(e) = p2c(&self.ready, ready) {
+        if let Some(e) = p2c(&self.ready, ready, now) {
             return Some(e.clone());
         }
         if self.panic {
-            let picked = p2c(&self.all, |e| {
-                matches!(e.state(), EndpointState::Ready | EndpointState::Backoff)
-                    && allowed(e.addr)
-            });
+            let picked = p2c(
+                &self.all,
+                |e| {
+                    matches!(e.state(), EndpointState::Ready | EndpointState::Backoff)
+                        && allowed(e.addr)
+                },
+                now,
+            );
             if let Some(e) = picked {
                 tracing::debug!(endpoint = %e.addr, "every endpoint is backing off: panic-mode pick");
                 return Some(e.clone());
@@ -105,13 +113,19 @@ impl<S> Shared<S> {
     }
 
     /// Picks an endpoint from the current snapshot, if any is pickable.
-    pub(crate) fn pick(&self) -> Option<Arc<Endpoint<S>>> {
-        self.snapshot.load().pick()
+    pub(crate) fn pick(&self, now: Instant) -> Option<Arc<Endpoint<S>>> {
+        self.snapshot.load().pick(now)
     }
 
     /// Picks an endpoint whose address is not in `avoid`, if any is pickable.
-    pub(crate) fn pick_avoiding(&self, avoid: &[SocketAddr]) -> Option<Arc<Endpoint<S>>> {
-        self.snapshot.load().pick_if(|addr| !avoid.contains(&addr))
+    pub(crate) fn pick_avoiding(
+        &self,
+        avoid: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Arc<Endpoint<S>>> {
+        self.snapshot
+            .load()
+            .pick_if(|addr| !avoid.contains(&addr), now)
     }
 
     /// True when the snapshot lists an endpoint whose address is not in

@@ -442,7 +442,7 @@ where
     let mut hedge = pin!(hedge);
     let won = || {
         hedging.won.fetch_add(1, Ordering::Relaxed);
-        balancer.config.metrics.hedge_won();
+        balancer.inner.config.metrics.hedge_won();
     };
     // The original first when both are ready at once: no reason to prefer
     // the copy. The loser's error is ignored while the other may answer.
@@ -494,7 +494,7 @@ where
     let endpoint = balancer.pick_avoiding(tried)?;
     if !hedging.budget.withdraw() {
         hedging.refused.fetch_add(1, Ordering::Relaxed);
-        balancer.config.metrics.hedge_refused();
+        balancer.inner.config.metrics.hedge_refused();
         tracing::debug!("hedge due but the hedge budget is spent");
         return None;
     }
@@ -503,7 +503,7 @@ where
         return None;
     };
     hedging.sent.fetch_add(1, Ordering::Relaxed);
-    balancer.config.metrics.hedge_sent();
+    balancer.inner.config.metrics.hedge_sent();
     tracing::debug!(endpoint = %endpoint.addr, "no answer within the hedge delay; hedging the request");
     Some(balancer.call_hedge(request, tried.clone(), endpoint))
 }
