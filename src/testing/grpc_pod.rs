@@ -157,7 +157,9 @@ impl GrpcPod {
     /// HTTP/2 GOAWAY on every open connection (clients start no new RPC on
     /// it), and lets the RPCs in flight finish for at most `grace`; whatever
     /// is still open then (for example a `Watch` stream) is cut off as by
-    /// [`kill`](Self::kill), and the result is false. Idempotent;
+    /// [`kill`](Self::kill), and the result is false. Each connection closes
+    /// as [`Pod::shutdown`](super::Pod::shutdown)'s do, reading what the
+    /// client still sends until it closes too. Idempotent;
     /// [`restart`](Self::restart) serves again.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.server.shutdown(grace).await

@@ -194,7 +194,10 @@ impl Pod {
     /// 2. Asks every open connection to close gracefully: an HTTP/2
     ///    connection sends GOAWAY, so the client opens no new stream on it;
     ///    an HTTP/1.1 connection closes if idle, else answers its request in
-    ///    flight with `Connection: close` and then closes.
+    ///    flight with `Connection: close` and then closes. A connection
+    ///    closes by shutting down its side and reading what the client still
+    ///    sends until the client closes too (at most 500 ms), so that the
+    ///    kernel never resets it over unread bytes.
     /// 3. Lets the requests in flight finish for at most `grace`; whatever
     ///    is still open then is cut off as by [`kill`](Self::kill), and the
     ///    result is false.
