@@ -179,3 +179,20 @@ async fn a_completion_can_keep_a_request_pending_after_its_response() {
     drop(stream);
     assert_eq!(lb.stats()[0].pending, 0);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_that_waited_for_an_endpoint_times_its_round_trip_from_its_send() {
+    let (lb, tx) = balancer(Balancer::builder().failfast_timeout(Duration::from_secs(10)));
+    let pod = Pod::new(1, 2 * MS);
+    let waiting = tokio::spawn(lb.clone().oneshot(1));
+    settle().await;
+    // No endpoint for 500 ms: the request waits, then goes to the first one.
+    tokio::time::sleep(500 * MS).await;
+    insert(&tx, &pod);
+    assert_eq!(waiting.await.unwrap().unwrap(), pod.addr());
+    let rtt = stats_of(&lb, &pod).rtt;
+    assert!(
+        rtt < 10 * MS,
+        "the estimate is the pod's 2 ms round trip, not the wait: {rtt:?}"
+    );
+}

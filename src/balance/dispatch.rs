@@ -198,17 +198,20 @@ where
         // (one clock read for both; they are nanoseconds apart).
         let mut picked_at = None;
         let endpoint = match unsent.take() {
-            None => match route.first(&balancer.inner.shared, {
+            None => {
                 let now = Instant::now();
-                picked_at = Some(now);
-                now
-            }) {
-                Some(endpoint) => endpoint,
-                None if route.may_wait() => {
-                    wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
+                match route.first(&balancer.inner.shared, now) {
+                    Some(endpoint) => {
+                        picked_at = Some(now);
+                        endpoint
+                    }
+                    // Picked after a wait: its send time is read after it.
+                    None if route.may_wait() => {
+                        wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
+                    }
+                    None => return Err(no_other_endpoint(&balancer)),
                 }
-                None => return Err(no_other_endpoint(&balancer)),
-            },
+            }
             Some(error) => {
                 match retry_endpoint(&balancer, &mut route, &mut deadline, &mut repeats).await {
                     Some(endpoint) => {
