@@ -608,23 +608,52 @@ async fn refusing_pod(
     (refused, task)
 }
 
+/// A good pod on `127.0.0.{good}` and a [`refusing_pod`] on `127.0.0.{bad}`,
+/// both listed in DNS, and a channel with both ready.
+struct Refusal {
+    good: GrpcPod,
+    refused: Arc<AtomicU64>,
+    refusing: tokio::task::JoinHandle<()>,
+    channel: Channel,
+    _dns: DnsServer,
+}
+
+impl Refusal {
+    async fn start(good: u8, bad: u8, reads: Reads) -> Refusal {
+        let pod = GrpcPod::start(SocketAddr::from(([127, 0, 0, good], 0)))
+            .await
+            .unwrap();
+        let port = pod.addr().port();
+        let (refused, refusing) =
+            refusing_pod(SocketAddr::from(([127, 0, 0, bad], port)), reads).await;
+        let dns = DnsServer::start().await.unwrap();
+        let ips: Vec<IpAddr> = vec![[127, 0, 0, good].into(), [127, 0, 0, bad].into()];
+        dns.set_ips(NAME, &ips, 30);
+        let channel = Channel::builder()
+            .nameserver(dns.addr())
+            .build(&format!("dns:///{NAME}:{port}"))
+            .unwrap();
+        wait_ready(&channel, 2).await;
+        Refusal {
+            good: pod,
+            refused,
+            refusing,
+            channel,
+            _dns: dns,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rpc_refused_unprocessed_after_its_body_was_sent_goes_to_another_pod() {
     let _load = LOAD.lock().await;
-    let good = GrpcPod::start("127.0.0.181:0".parse().unwrap())
-        .await
-        .unwrap();
-    let port = good.addr().port();
-    let (refused, refusing) =
-        refusing_pod(SocketAddr::from(([127, 0, 0, 182], port)), Reads::Whole).await;
-    let dns = DnsServer::start().await.unwrap();
-    let ips: Vec<IpAddr> = vec![[127, 0, 0, 181].into(), [127, 0, 0, 182].into()];
-    dns.set_ips(NAME, &ips, 30);
-    let channel = Channel::builder()
-        .nameserver(dns.addr())
-        .build(&format!("dns:///{NAME}:{port}"))
-        .unwrap();
-    wait_ready(&channel, 2).await;
+    let Refusal {
+        good,
+        refused,
+        refusing,
+        channel,
+        _dns,
+    } = Refusal::start(181, 182, Reads::Whole).await;
 
     // P2C sends some RPCs to the refusing pod; each must be sent again, with
     // the body the channel recorded and the head the endpoint handed back,
@@ -653,20 +682,13 @@ async fn an_rpc_refused_unprocessed_after_its_body_was_sent_goes_to_another_pod(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_stream_refused_before_its_end_goes_to_another_pod_whole() {
     let _load = LOAD.lock().await;
-    let good = GrpcPod::start("127.0.0.183:0".parse().unwrap())
-        .await
-        .unwrap();
-    let port = good.addr().port();
-    let (refused, refusing) =
-        refusing_pod(SocketAddr::from(([127, 0, 0, 184], port)), Reads::First).await;
-    let dns = DnsServer::start().await.unwrap();
-    let ips: Vec<IpAddr> = vec![[127, 0, 0, 183].into(), [127, 0, 0, 184].into()];
-    dns.set_ips(NAME, &ips, 30);
-    let channel = Channel::builder()
-        .nameserver(dns.addr())
-        .build(&format!("dns:///{NAME}:{port}"))
-        .unwrap();
-    wait_ready(&channel, 2).await;
+    let Refusal {
+        good,
+        refused,
+        refusing,
+        channel,
+        _dns,
+    } = Refusal::start(183, 184, Reads::First).await;
 
     // Each RPC is a client stream: one message, then the stream stays open
     // until the good pod has the RPC. One that P2C sends to the refusing pod
