@@ -143,6 +143,129 @@ async fn a_pod_that_stops_answering_holds_at_most_a_few_callers() {
     assert!(last_10s >= 4_000, "{last_10s} requests in the last 10 s");
 }
 
+/// `n` callers sending requests in a row, each given up after `deadline`;
+/// counts the requests answered and given up.
+struct Impatient {
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    answered: Arc<AtomicUsize>,
+    given_up: Arc<AtomicUsize>,
+}
+
+impl Impatient {
+    fn start(lb: &Lb, n: u32, deadline: Duration) -> Self {
+        let (answered, given_up) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let workers = (0..n)
+            .map(|w| {
+                let (lb, answered, given_up) = (lb.clone(), answered.clone(), given_up.clone());
+                tokio::spawn(async move {
+                    for i in 0.. {
+                        let call = lb.clone().oneshot(w * 1_000_000 + i);
+                        match tokio::time::timeout(deadline, call).await {
+                            Ok(result) => {
+                                result.unwrap();
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                given_up.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            workers,
+            answered,
+            given_up,
+        }
+    }
+
+    fn given_up(&self) -> usize {
+        self.given_up.load(Ordering::Relaxed)
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Impatient {
+    fn drop(&mut self) {
+        self.workers.iter().for_each(|w| w.abort());
+    }
+}
+
+/// A pod that stops answering while its callers give up on what they sent
+/// it (a deadline of 30 ms here; a hedge that wins elsewhere is the same):
+/// a request given up is no answer, so the pod's silence keeps counting and
+/// it gets only its backed-off probes. Were a given-up request counted as
+/// an answer, the pod would look fresh each time one is dropped and keep
+/// getting requests to lose to the deadline: hundreds in these 10 s.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_whose_requests_are_given_up_gets_only_probes_while_it_stays_silent() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    drive(&lb, 8, 50).await;
+
+    pods[3].set_mode(Mode::Hang);
+    let callers = Impatient::start(&lb, 8, 30 * MS);
+    // The first second: the requests it held when it stopped, and probes
+    // at growing intervals.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (before, given_up_before) = (pods[3].calls(), callers.given_up());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = pods[3].calls() - before;
+    let lost = callers.given_up() - given_up_before;
+    let answered = callers.answered();
+    drop(callers);
+
+    eprintln!("silent pod: {calls} requests in 10 s, {lost} given up; {answered} answered in all");
+    assert!(
+        calls <= 4,
+        "the silent pod got {calls} requests in 10 s ({lost} given up)"
+    );
+    assert_eq!(lost, calls, "every request it got was given up, no other");
+}
+
+/// A pod that stalls for 200 ms while its callers give up on its requests
+/// (30 ms deadline), then answers again: asked again after about as long
+/// as it was seen silent, it has its share back a quarter of a second after
+/// resuming, as it would have if its dropped requests had counted as
+/// answers; not about a second later, as with the probe interval of a
+/// measured peak.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pod_that_answers_again_after_a_stall_its_callers_gave_up_on_soon_gets_its_share_back() {
+    let (lb, tx) = balancer(Balancer::builder());
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
+    pods.iter().for_each(|p| insert(&tx, p));
+    settle().await;
+    drive(&lb, 8, 50).await;
+
+    let callers = Impatient::start(&lb, 8, 30 * MS);
+    pods[3].set_mode(Mode::Hang);
+    tokio::time::sleep(200 * MS).await;
+    pods[3].set_mode(Mode::Ok);
+    tokio::time::sleep(250 * MS).await;
+    let before: Vec<_> = pods.iter().map(Pod::calls).collect();
+    tokio::time::sleep(250 * MS).await;
+    let calls: Vec<_> = pods
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.calls() - b)
+        .collect();
+    drop(callers);
+
+    let share = calls[3] as f64 / calls.iter().sum::<usize>() as f64;
+    eprintln!("0.25–0.5 s after the stall: calls {calls:?}");
+    assert!(
+        share >= 0.2,
+        "0.25–0.5 s after its stall the pod took {:.1} % (calls {calls:?})",
+        share * 100.0
+    );
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_new_endpoint_starts_from_its_peers_estimate_and_gets_its_fair_share() {
     let (lb, tx) = balancer(Balancer::builder());

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
@@ -44,7 +44,11 @@ pub(crate) enum Route<S> {
 /// A lock, not atomics: it is touched once per attempt of a hedged request
 /// (a handful per request), never by requests without hedging.
 #[derive(Debug, Default)]
-pub(crate) struct Tried(Mutex<Vec<SocketAddr>>);
+pub(crate) struct Tried {
+    addrs: Mutex<Vec<SocketAddr>>,
+    /// One copy's answer was taken: a copy still running lost the race.
+    settled: AtomicBool,
+}
 
 // ===== impl Route =====
 
@@ -123,6 +127,14 @@ impl<S> Route<S> {
     fn may_wait(&self) -> bool {
         !matches!(self, Route::Hedge { .. })
     }
+
+    /// The pods of a hedged request's copies, if it may be hedged.
+    fn tried(&self) -> Option<&Tried> {
+        match self {
+            Route::Any => None,
+            Route::Tracked(tried) | Route::Hedge { tried, .. } => Some(tried),
+        }
+    }
 }
 
 // ===== impl Tried =====
@@ -130,7 +142,7 @@ impl<S> Route<S> {
 impl Tried {
     /// Records that a copy of the request went to `addr`.
     pub(crate) fn add(&self, addr: SocketAddr) {
-        let mut tried = lock(&self.0);
+        let mut tried = lock(&self.addrs);
         if !tried.contains(&addr) {
             tried.push(addr);
         }
@@ -138,13 +150,24 @@ impl Tried {
 
     /// P2C among the endpoints no copy of the request went to.
     pub(crate) fn pick<S>(&self, shared: &Shared<S>, now: Instant) -> Option<Arc<Endpoint<S>>> {
-        shared.pick_avoiding(&lock(&self.0), now)
+        shared.pick_avoiding(&lock(&self.addrs), now)
+    }
+
+    /// The request has its answer from one copy; the other, dropped next,
+    /// lost the race.
+    pub(crate) fn settle(&self) {
+        self.settled.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`settle`](Self::settle) was called.
+    fn settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
     }
 
     /// True when the snapshot lists an endpoint no copy of the request went
     /// to, in any state.
     fn lists_others<S>(&self, shared: &Shared<S>) -> bool {
-        shared.lists_other(&lock(&self.0))
+        shared.lists_other(&lock(&self.addrs))
     }
 }
 
@@ -248,10 +271,11 @@ where
             Some(picked_at) if at_once => picked_at,
             _ => Instant::now(),
         };
-        let waiting = Waiting::start(&endpoint.load, sent_at);
+        let waiting = Waiting::start(&endpoint.load, sent_at, route.tried());
         let abandoned = Abandoned {
             guard: &guard,
             sent_at,
+            race: route.tried(),
         };
         let result = service.call(request).await;
         // One clock read ends the wait and times the round trip.
@@ -306,49 +330,76 @@ where
 }
 
 /// Counts a request as waiting for its response on its endpoint (see
-/// [`Load::waited_ns`]) until dropped: when the response or an error
-/// arrives, or the request future is dropped.
-struct Waiting<'a>(&'a Load);
+/// [`Load::waited_ns`]): until [`end`](Self::end) (the response or an error
+/// arrived), or until dropped with the request future. Dropped, the request
+/// is unanswered (the caller gave up on it), unless it lost a hedge race:
+/// see [`Abandoned`].
+struct Waiting<'a> {
+    load: &'a Load,
+    race: Option<&'a Tried>,
+}
 
 impl<'a> Waiting<'a> {
-    fn start(load: &'a Load, now: Instant) -> Self {
+    fn start(load: &'a Load, now: Instant, race: Option<&'a Tried>) -> Self {
         load.wait_started(now);
-        Self(load)
+        Self { load, race }
     }
 
     /// The answer (or an error) arrived at `now`.
     fn end(self, now: Instant) {
-        self.0.wait_ended(now);
+        self.load.wait_answered(now);
         std::mem::forget(self);
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.wait_ended(Instant::now());
+        if self.race.is_some_and(Tried::settled) {
+            self.load.wait_cancelled(Instant::now());
+        } else {
+            self.load.wait_abandoned();
+        }
     }
 }
 
 /// Armed while a request is in flight on an endpoint: if the request future
-/// is dropped there (the caller gave up, e.g. a client request timeout), the
-/// request counts as a failure of the endpoint, and the time it waited is
-/// folded into the RTT estimate as what it is, a lower bound of the real
-/// round trip: it can raise the estimate, never lower it. Without this a
-/// hung endpoint looks healthy and fast as soon as its timed-out requests
-/// stop counting as pending.
+/// is dropped there, the request counts as a failure of the endpoint (never
+/// a step towards failure accrual), and a lower bound of its round trip is
+/// folded into the RTT estimate: it can raise the estimate, never lower it.
+/// Without this a hung endpoint looks healthy and fast as soon as its
+/// timed-out requests stop counting as pending.
+///
+/// - The caller gave up (a client request timeout, a gRPC deadline): the
+///   bound is the pod's silence ([`Load::silence_ns`]), at least the
+///   request's own wait. The pod answered nothing since the requests given
+///   up before this one, so it is that slow now; it is probed again after
+///   about as long (see `PeakEwma::observe_silence`).
+/// - A hedged copy lost the race (the other copy answered first): the bound
+///   is the copy's own wait, a peak like any other. That says only that
+///   another pod was faster this once: with a delay near the p95, one
+///   request in twenty loses a race on a healthy pod, and reading each as
+///   silence would make healthy pods look stalled. Hedging itself covers
+///   a stalled pod.
 struct Abandoned<'a> {
     guard: &'a PendingGuard,
     sent_at: Instant,
+    race: Option<&'a Tried>,
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         let now = Instant::now();
         self.guard.record_abandoned();
-        self.guard
-            .load()
-            .rtt
-            .observe_at_least(now.saturating_duration_since(self.sent_at), now);
+        let load = self.guard.load();
+        let own = now.saturating_duration_since(self.sent_at);
+        // Dropped before the `Waiting`, so this request still counts in
+        // the silence.
+        if self.race.is_some_and(Tried::settled) {
+            load.rtt.observe_at_least(own, now);
+        } else {
+            let silence = std::time::Duration::from_nanos(load.silence_ns(now));
+            load.rtt.observe_silence(silence.max(own), now);
+        }
         tracing::debug!(endpoint = %self.guard.endpoint(), "request abandoned before its response");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -93,9 +93,13 @@ pub(crate) struct Load {
     /// Nanoseconds since the RTT estimate's epoch when `awaiting` last rose
     /// from 0 (one epoch per endpoint: `rtt`'s).
     busy_since_ns: AtomicU64,
-    /// Nanoseconds since the epoch when a wait last ended (a response, an
-    /// error, or the caller giving up).
+    /// Nanoseconds since the epoch when the pod last answered (a response
+    /// or an error; not a request the caller gave up on).
     answered_ns: AtomicU64,
+    /// A request the pod never answered was given up (a caller's deadline)
+    /// since its last answer: the pod has been silent since before its next
+    /// request, which therefore does not restart `busy_since_ns`.
+    owed: AtomicBool,
     /// Warnings about this endpoint's failures: one per `warn_interval`.
     warn_slot: WarnSlot,
     /// The endpoint's series (cargo feature `metrics`; nothing without it).
@@ -152,6 +156,7 @@ impl<S> Endpoint<S> {
                 awaiting: AtomicUsize::new(0),
                 busy_since_ns: AtomicU64::new(0),
                 answered_ns: AtomicU64::new(0),
+                owed: AtomicBool::new(false),
                 warn_slot: WarnSlot::new(),
                 metrics,
             },
@@ -288,9 +293,11 @@ impl Load {
     }
 
     /// A request was sent and waits for its response; pair with
-    /// [`wait_ended`](Self::wait_ended).
+    /// [`wait_answered`](Self::wait_answered) or
+    /// [`wait_abandoned`](Self::wait_abandoned).
     pub(crate) fn wait_started(&self, now: Instant) {
-        if self.awaiting.load(Ordering::Relaxed) == 0 {
+        // A pod that owes an answer has been silent since before this send.
+        if self.awaiting.load(Ordering::Relaxed) == 0 && !self.owed.load(Ordering::Relaxed) {
             self.busy_since_ns
                 .store(self.since_epoch(now), Ordering::Relaxed);
         }
@@ -298,30 +305,67 @@ impl Load {
         self.awaiting.fetch_add(1, Ordering::Release);
     }
 
-    /// A request's wait ended: its response arrived, it failed, or the
-    /// caller gave up on it.
-    pub(crate) fn wait_ended(&self, now: Instant) {
+    /// A request's wait ended with an answer from the pod: its response, or
+    /// an error.
+    pub(crate) fn wait_answered(&self, now: Instant) {
+        self.answered_ns
+            .store(self.since_epoch(now), Ordering::Relaxed);
+        // Loaded first: a store on every response would be a write to a
+        // line the picks read.
+        if self.owed.load(Ordering::Relaxed) {
+            self.owed.store(false, Ordering::Relaxed);
+        }
+        self.awaiting.fetch_sub(1, Ordering::Release);
+    }
+
+    /// A hedged copy's wait ended because the other copy answered first:
+    /// like an answer for the pod's silence (a race lost says only that
+    /// another pod was faster this once), and it settles nothing owed.
+    pub(crate) fn wait_cancelled(&self, now: Instant) {
         self.answered_ns
             .store(self.since_epoch(now), Ordering::Relaxed);
         self.awaiting.fetch_sub(1, Ordering::Release);
     }
 
-    /// A lower bound, in nanoseconds, of how long the oldest request still
-    /// waiting for its response has waited; 0 if none waits.
+    /// A request's wait ended without an answer: the caller gave up on it
+    /// (its deadline). The pod said nothing, so its silence goes on from
+    /// where it was, not from its next request.
+    pub(crate) fn wait_abandoned(&self) {
+        if !self.owed.load(Ordering::Relaxed) {
+            self.owed.store(true, Ordering::Relaxed);
+        }
+        self.awaiting.fetch_sub(1, Ordering::Release);
+    }
+
+    /// While a request waits for its response, the pod's silence
+    /// ([`silence_ns`](Self::silence_ns)); 0 if none waits.
     ///
-    /// Since the later of "requests started waiting" and "a wait last
-    /// ended", no wait ended and at least one request was waiting: that
-    /// request is still waiting, and has waited at least this long. Cost:
-    /// three atomic loads, no per-request bookkeeping beyond two counters.
+    /// At least the wait of the oldest request still waiting: since the
+    /// later of "requests started waiting" and "the pod last answered", the
+    /// pod answered nothing and at least one request was waiting, so that
+    /// request is still waiting and has waited at least this long (longer,
+    /// after requests given up, which count as unanswered). Cost: three
+    /// atomic loads, no per-request bookkeeping beyond two counters.
     pub(crate) fn waited_ns(&self, now: Instant) -> f64 {
         if self.awaiting.load(Ordering::Acquire) == 0 {
             return 0.0;
         }
+        self.silence_ns(now) as f64
+    }
+
+    /// How long, in nanoseconds, the pod has been silent while it owed an
+    /// answer: since the later of its last answer and the first send after
+    /// it. A request given up is no answer: were it one, a stalled pod would
+    /// look fresh each time a caller's deadline passes, and P2C would keep
+    /// feeding it for as long as it stalls. Meaningful
+    /// while a request waits (see [`waited_ns`](Self::waited_ns)), or for
+    /// one being given up.
+    pub(crate) fn silence_ns(&self, now: Instant) -> u64 {
         let since = self
             .busy_since_ns
             .load(Ordering::Relaxed)
             .max(self.answered_ns.load(Ordering::Relaxed));
-        self.since_epoch(now).saturating_sub(since) as f64
+        self.since_epoch(now).saturating_sub(since)
     }
 
     /// Counts one failed request; true when it completes a run of
@@ -356,5 +400,63 @@ impl Load {
     /// failing endpoint must not flood the log.
     pub(crate) fn warn_allowed(&self, now: Instant, interval: Duration) -> bool {
         self.warn_slot.allow(self.since_epoch(now), interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn load() -> Load {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Endpoint::new(
+            SocketAddr::from(([10, 0, 0, 1], 80)),
+            (),
+            30 * MS,
+            10_000 * MS,
+            0,
+            crate::metrics::EndpointMetrics::new(
+                &crate::metrics::BalancerMetrics::new("test"),
+                SocketAddr::from(([10, 0, 0, 1], 80)),
+            ),
+            tx,
+        )
+        .load
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_request_given_up_leaves_the_pod_silent_since_before_it() {
+        let load = load();
+        load.wait_started(Instant::now());
+        tokio::time::advance(30 * MS).await;
+        load.wait_abandoned();
+        assert_eq!(load.waited_ns(Instant::now()), 0.0, "nothing waits");
+        tokio::time::advance(10 * MS).await;
+        // The next request finds the pod silent for 40 ms already.
+        load.wait_started(Instant::now());
+        assert_eq!(load.waited_ns(Instant::now()), (40 * MS).as_nanos() as f64);
+        // Until it answers: then only what waits since.
+        tokio::time::advance(5 * MS).await;
+        load.wait_started(Instant::now());
+        load.wait_answered(Instant::now());
+        tokio::time::advance(MS).await;
+        assert_eq!(load.waited_ns(Instant::now()), MS.as_nanos() as f64);
+        load.wait_answered(Instant::now());
+        tokio::time::advance(10 * MS).await;
+        load.wait_started(Instant::now());
+        assert_eq!(load.waited_ns(Instant::now()), 0.0, "a fresh start");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_copy_that_lost_a_hedge_race_ends_the_silence_like_an_answer() {
+        let load = load();
+        load.wait_started(Instant::now());
+        tokio::time::advance(30 * MS).await;
+        load.wait_cancelled(Instant::now());
+        tokio::time::advance(10 * MS).await;
+        load.wait_started(Instant::now());
+        assert_eq!(load.waited_ns(Instant::now()), 0.0);
     }
 }

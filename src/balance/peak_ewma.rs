@@ -46,7 +46,14 @@ use crate::sync::lock;
 /// interval starts at `decay / 10` and doubles with every probe, up to
 /// `4 × decay`, until the endpoint wins a pick on its estimate again; so a
 /// pod that stays slow, or hung, costs a probe at 1, 3, 7, 15 … s and then
-/// one per 40 s, a vanishing share at any request rate.
+/// one per 40 s, a vanishing share at any request rate. An estimate raised
+/// by a pod's silence (a request given up unanswered, a caller's deadline:
+/// see [`observe_silence`](PeakEwma::observe_silence)) is only a lower
+/// bound, which says less than an answer, so its probe interval is the
+/// estimate itself (at least 1 ms): a pod seen silent for 80 ms is asked
+/// again about 80 ms later, not a second later, and rejoins soon after a
+/// short stall ends; one that stays silent is asked at intervals that grow
+/// with its silence.
 ///
 /// Cost: a read is two relaxed atomic loads and an `exp`; no lock. Writes
 /// (one per response) serialise on a per-endpoint mutex so that concurrent
@@ -67,6 +74,9 @@ pub(crate) struct PeakEwma {
     measured: AtomicBool,
     /// The next observation replaces the estimate: it answers a probe.
     probing: AtomicBool,
+    /// The estimate is the pod's silence (a request given up unanswered),
+    /// a lower bound, not an answer: the probe interval is the estimate.
+    bounded: AtomicBool,
     /// Nanoseconds since `epoch` when the last probe was sent.
     probed_ns: AtomicU64,
     /// How many times the probe interval doubled since the endpoint last
@@ -81,6 +91,20 @@ pub(crate) struct PeakEwma {
 /// since the previous observation (see [`PeakEwma`]).
 pub(crate) const MIN_WEIGHT: f64 = 0.1;
 
+/// The shortest probe interval of an estimate raised by a pod's silence.
+const MIN_BOUNDED_PROBE: Duration = Duration::from_millis(1);
+
+/// What [`PeakEwma::fold`] is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    /// A round-trip time.
+    Answer,
+    /// A lower bound of one.
+    Bound,
+    /// A lower bound that is the pod's silence.
+    Silence,
+}
+
 // ===== impl PeakEwma =====
 
 impl PeakEwma {
@@ -93,6 +117,7 @@ impl PeakEwma {
             stamp_ns: AtomicU64::new(0),
             measured: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            bounded: AtomicBool::new(false),
             probed_ns: AtomicU64::new(0),
             probe_doublings: AtomicU8::new(0),
             update: Mutex::new(()),
@@ -107,12 +132,20 @@ impl PeakEwma {
         (self.decay_ns * 4.0) as u64
     }
 
-    /// The current probe interval in nanoseconds.
+    /// The current probe interval in nanoseconds: `decay / 10` doubled per
+    /// probe; for an estimate raised by the pod's silence, the estimate
+    /// itself (at least [`MIN_BOUNDED_PROBE`]), which grows with the pod's
+    /// silence from one probe given up to the next, so it needs no doubling.
+    /// At most `4 × decay` either way.
     fn probe_interval_ns(&self) -> u64 {
-        let doublings = self.probe_doublings.load(Ordering::Relaxed);
-        self.base_probe_ns()
-            .saturating_mul(1 << doublings.min(63))
-            .min(self.max_probe_ns())
+        let interval = if self.bounded.load(Ordering::Relaxed) {
+            let rtt = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed)) as u64;
+            rtt.max(MIN_BOUNDED_PROBE.as_nanos() as u64)
+        } else {
+            let doublings = self.probe_doublings.load(Ordering::Relaxed);
+            self.base_probe_ns().saturating_mul(1 << doublings.min(63))
+        };
+        interval.min(self.max_probe_ns())
     }
 
     /// True when the endpoint, idle (`pending == 0`), is due a probe: it was
@@ -171,14 +204,22 @@ impl PeakEwma {
 
     /// Folds one observed round-trip time into the estimate.
     pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
-        self.fold(rtt, now, false);
+        self.fold(rtt, now, Fold::Answer);
     }
 
-    /// Folds in a lower bound of a round-trip time (a request abandoned
-    /// before its response): it can raise the estimate, as a peak, but never
-    /// lower it, and a bound below the estimate is no measurement.
+    /// Folds in a lower bound of a round-trip time (a hedged copy that lost
+    /// its race): it can raise the estimate, as a peak, but never lower it,
+    /// and a bound below the estimate is no measurement.
     pub(crate) fn observe_at_least(&self, bound: Duration, now: Instant) {
-        self.fold(bound, now, true);
+        self.fold(bound, now, Fold::Bound);
+    }
+
+    /// Folds in how long the pod has been silent, as
+    /// [`observe_at_least`](Self::observe_at_least) does a bound (a request
+    /// given up unanswered); an estimate it raises is probed after as long
+    /// as itself.
+    pub(crate) fn observe_silence(&self, silence: Duration, now: Instant) {
+        self.fold(silence, now, Fold::Silence);
     }
 
     /// Forgets every observation: the estimate is `prior` again, unmeasured.
@@ -189,10 +230,12 @@ impl PeakEwma {
             .store(self.since_epoch(now), Ordering::Relaxed);
         self.measured.store(false, Ordering::Relaxed);
         self.probing.store(false, Ordering::Relaxed);
+        self.bounded.store(false, Ordering::Relaxed);
         self.probe_doublings.store(0, Ordering::Relaxed);
     }
 
-    fn fold(&self, rtt: Duration, now: Instant, lower_bound: bool) {
+    fn fold(&self, rtt: Duration, now: Instant, kind: Fold) {
+        let lower_bound = kind != Fold::Answer;
         let _serialise = lock(&self.update);
         let prior = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
@@ -217,6 +260,10 @@ impl PeakEwma {
         self.stamp_ns.store(now_ns, Ordering::Relaxed);
         if first {
             self.measured.store(true, Ordering::Relaxed);
+        }
+        let bounded = kind == Fold::Silence;
+        if self.bounded.load(Ordering::Relaxed) != bounded {
+            self.bounded.store(bounded, Ordering::Relaxed);
         }
     }
 
@@ -350,6 +397,36 @@ mod tests {
         assert!(
             !ewma.probe_due(1, Instant::now()),
             "not with a request in flight"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_estimate_raised_by_silence_is_due_a_probe_after_itself() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe(Duration::from_millis(2), Instant::now());
+        ewma.observe_silence(Duration::from_millis(80), Instant::now());
+        tokio::time::advance(Duration::from_millis(79)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            ewma.probe_due(0, Instant::now()),
+            "80 ms after an 80 ms bound"
+        );
+        // Given up again, later: the interval is the new, longer bound,
+        // whatever the probes so far.
+        ewma.start_probe(Instant::now());
+        ewma.observe_silence(Duration::from_millis(300), Instant::now());
+        tokio::time::advance(Duration::from_millis(299)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(ewma.probe_due(0, Instant::now()));
+        // A slow answer is a measurement: a tenth of the decay again.
+        ewma.start_probe(Instant::now());
+        ewma.observe(Duration::from_millis(500), Instant::now());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(
+            !ewma.probe_due(0, Instant::now()),
+            "an answer: not before 1 s"
         );
     }
 

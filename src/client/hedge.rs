@@ -469,6 +469,11 @@ where
             }
         },
     };
+    if result.is_ok() {
+        // The copy still running, dropped with this future, lost the race:
+        // that is no stall of its pod (see `balance::dispatch`).
+        tried.settle();
+    }
     hedging.observe(started, &result);
     result
 }
