@@ -46,14 +46,17 @@ use crate::sync::lock;
 /// interval starts at `decay / 10` and doubles with every probe, up to
 /// `4 × decay`, until the endpoint wins a pick on its estimate again; so a
 /// pod that stays slow, or hung, costs a probe at 1, 3, 7, 15 … s and then
-/// one per 40 s, a vanishing share at any request rate. An estimate raised
-/// by a pod's silence (a request given up unanswered, a caller's deadline:
-/// see [`observe_silence`](PeakEwma::observe_silence)) is only a lower
-/// bound, which says less than an answer, so its probe interval is the
-/// estimate itself (at least 1 ms): a pod seen silent for 80 ms is asked
-/// again about 80 ms later, not a second later, and rejoins soon after a
-/// short stall ends; one that stays silent is asked at intervals that grow
-/// with its silence.
+/// one per 40 s, a vanishing share at any request rate. Some estimates tell
+/// of a moment more than of the pod's speed: one raised by the pod's
+/// silence (a request given up unanswered, a caller's deadline: see
+/// [`observe_silence`](PeakEwma::observe_silence)), and a spike, an answer
+/// [`SPIKE`] times the estimate or more (the requests a GC pause held). For
+/// those the probe interval is the estimate itself (at least 1 ms): a pod
+/// that paused for 80 ms is asked again about 80 ms after its last answer,
+/// not a second later, and rejoins soon after a short stall ends; one that
+/// stays silent is asked at intervals that grow with its silence, and one
+/// that stays slow answers the probe slowly, which is no spike any more,
+/// and is back on the `decay / 10` schedule.
 ///
 /// Cost: a read is two relaxed atomic loads and an `exp`; no lock. Writes
 /// (one per response) serialise on a per-endpoint mutex so that concurrent
@@ -74,9 +77,11 @@ pub(crate) struct PeakEwma {
     measured: AtomicBool,
     /// The next observation replaces the estimate: it answers a probe.
     probing: AtomicBool,
-    /// The estimate is the pod's silence (a request given up unanswered),
-    /// a lower bound, not an answer: the probe interval is the estimate.
-    bounded: AtomicBool,
+    /// The estimate tells of a moment more than of the pod's speed: the
+    /// pod's silence (a request given up unanswered), or a spike (an answer
+    /// [`SPIKE`] times the estimate or more: a pause, a stall). The probe
+    /// interval is then the estimate itself.
+    momentary: AtomicBool,
     /// Nanoseconds since `epoch` when the last probe was sent.
     probed_ns: AtomicU64,
     /// How many times the probe interval doubled since the endpoint last
@@ -91,8 +96,13 @@ pub(crate) struct PeakEwma {
 /// since the previous observation (see [`PeakEwma`]).
 pub(crate) const MIN_WEIGHT: f64 = 0.1;
 
-/// The shortest probe interval of an estimate raised by a pod's silence.
-const MIN_BOUNDED_PROBE: Duration = Duration::from_millis(1);
+/// An answer at least this many times the estimate is a spike, which tells
+/// of a moment (a pause, a stall) more than of the pod's speed: the pod is
+/// probed again after as long as the spike (see [`PeakEwma`]).
+pub(crate) const SPIKE: f64 = 4.0;
+
+/// The shortest probe interval of a momentary estimate.
+const MIN_MOMENTARY_PROBE: Duration = Duration::from_millis(1);
 
 /// What [`PeakEwma::fold`] is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +127,7 @@ impl PeakEwma {
             stamp_ns: AtomicU64::new(0),
             measured: AtomicBool::new(false),
             probing: AtomicBool::new(false),
-            bounded: AtomicBool::new(false),
+            momentary: AtomicBool::new(false),
             probed_ns: AtomicU64::new(0),
             probe_doublings: AtomicU8::new(0),
             update: Mutex::new(()),
@@ -133,19 +143,23 @@ impl PeakEwma {
     }
 
     /// The current probe interval in nanoseconds: `decay / 10` doubled per
-    /// probe; for an estimate raised by the pod's silence, the estimate
-    /// itself (at least [`MIN_BOUNDED_PROBE`]), which grows with the pod's
-    /// silence from one probe given up to the next, so it needs no doubling.
-    /// At most `4 × decay` either way.
+    /// probe, at most `4 × decay`; for a momentary estimate (a silence, a
+    /// spike), the estimate itself (at least [`MIN_MOMENTARY_PROBE`]) if
+    /// shorter: a silence grows from one probe given up to the next, and a
+    /// spike answered again is no longer one, so neither needs more
+    /// backing off.
     fn probe_interval_ns(&self) -> u64 {
-        let interval = if self.bounded.load(Ordering::Relaxed) {
+        let doublings = self.probe_doublings.load(Ordering::Relaxed);
+        let interval = self
+            .base_probe_ns()
+            .saturating_mul(1 << doublings.min(63))
+            .min(self.max_probe_ns());
+        if self.momentary.load(Ordering::Relaxed) {
             let rtt = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed)) as u64;
-            rtt.max(MIN_BOUNDED_PROBE.as_nanos() as u64)
+            interval.min(rtt.max(MIN_MOMENTARY_PROBE.as_nanos() as u64))
         } else {
-            let doublings = self.probe_doublings.load(Ordering::Relaxed);
-            self.base_probe_ns().saturating_mul(1 << doublings.min(63))
-        };
-        interval.min(self.max_probe_ns())
+            interval
+        }
     }
 
     /// True when the endpoint, idle (`pending == 0`), is due a probe: it was
@@ -230,7 +244,7 @@ impl PeakEwma {
             .store(self.since_epoch(now), Ordering::Relaxed);
         self.measured.store(false, Ordering::Relaxed);
         self.probing.store(false, Ordering::Relaxed);
-        self.bounded.store(false, Ordering::Relaxed);
+        self.momentary.store(false, Ordering::Relaxed);
         self.probe_doublings.store(0, Ordering::Relaxed);
     }
 
@@ -246,7 +260,8 @@ impl PeakEwma {
         let probe = self.probing.load(Ordering::Relaxed)
             && self.probing.swap(false, Ordering::Relaxed)
             && !lower_bound;
-        let first = !self.measured.load(Ordering::Relaxed) || probe;
+        let measured = self.measured.load(Ordering::Relaxed);
+        let first = !measured || probe;
         let kept = decay(now_ns.saturating_sub(stamp) as f64 / self.decay_ns);
         let next = if lower_bound && rtt <= prior * kept {
             return;
@@ -261,9 +276,21 @@ impl PeakEwma {
         if first {
             self.measured.store(true, Ordering::Relaxed);
         }
-        let bounded = kind == Fold::Silence;
-        if self.bounded.load(Ordering::Relaxed) != bounded {
-            self.bounded.store(bounded, Ordering::Relaxed);
+        // A spike is measured against a measured estimate only (the prior
+        // is a guess). Only a probe's answer says the moment is over (or
+        // not); other answers leave the estimate's kind as it was, since
+        // the requests a pause held come back together, in any order.
+        let spike = measured && rtt >= prior * kept * SPIKE;
+        let momentary = match kind {
+            Fold::Silence => Some(true),
+            Fold::Bound => Some(false),
+            Fold::Answer if probe || spike => Some(spike),
+            Fold::Answer => None,
+        };
+        if let Some(momentary) = momentary
+            && self.momentary.load(Ordering::Relaxed) != momentary
+        {
+            self.momentary.store(momentary, Ordering::Relaxed);
         }
     }
 
@@ -428,6 +455,41 @@ mod tests {
             !ewma.probe_due(0, Instant::now()),
             "an answer: not before 1 s"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_spike_is_probed_after_itself_and_a_steady_slowness_after_a_tenth_of_the_decay() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        ewma.observe(Duration::from_millis(2), Instant::now());
+        // The requests an 80 ms pause held, answered together.
+        ewma.observe(Duration::from_millis(80), Instant::now());
+        ewma.observe(Duration::from_millis(60), Instant::now());
+        let estimate = ewma.estimate_ns(Instant::now());
+        tokio::time::advance(Duration::from_nanos(estimate as u64 - 1)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(
+            ewma.probe_due(0, Instant::now()),
+            "about 80 ms after the spike"
+        );
+        // The probe finds the pod slow still: 40 ms is no spike against
+        // 78 ms, and the next probe is on the slow schedule.
+        ewma.start_probe(Instant::now());
+        ewma.observe(Duration::from_millis(40), Instant::now());
+        tokio::time::advance(Duration::from_millis(1_999)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "2 s after one probe");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(ewma.probe_due(0, Instant::now()));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_steadily_slow_pod_is_no_spike() {
+        let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
+        for _ in 0..3 {
+            ewma.observe(Duration::from_millis(42), Instant::now());
+        }
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "not before 1 s");
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

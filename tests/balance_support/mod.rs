@@ -44,6 +44,8 @@ pub struct PodState {
     pub stall: AtomicBool,
     pub calls: AtomicUsize,
     pub ready_errors: AtomicUsize,
+    /// Until then every request is held (a GC pause), then answered.
+    pub paused_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 pub type Request = u32;
@@ -64,6 +66,7 @@ impl Pod {
             stall: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
             ready_errors: AtomicUsize::new(0),
+            paused_until: Mutex::new(None),
         }))
     }
 
@@ -81,6 +84,13 @@ impl Pod {
 
     pub fn set_latency(&self, latency: Duration) {
         *self.0.latency.lock().unwrap() = latency;
+    }
+
+    /// Holds every request, those in flight and those that arrive, for
+    /// `pause`: each is answered at the end of the pause, or after its
+    /// latency, whichever comes later.
+    pub fn pause(&self, pause: Duration) {
+        *self.0.paused_until.lock().unwrap() = Some(tokio::time::Instant::now() + pause);
     }
 
     pub fn refuse(&self, refuse: bool) {
@@ -118,10 +128,18 @@ impl tower::Service<Request> for Pod {
         let addr = self.0.addr;
         let latency = *self.0.latency.lock().unwrap();
         match *self.0.mode.lock().unwrap() {
-            Mode::Ok => Box::pin(async move {
-                tokio::time::sleep(latency).await;
-                Ok(addr)
-            }),
+            Mode::Ok => {
+                let state = self.0.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(latency).await;
+                    // A pause that began meanwhile holds the answer too.
+                    let until = *state.paused_until.lock().unwrap();
+                    if let Some(until) = until {
+                        tokio::time::sleep_until(until).await;
+                    }
+                    Ok(addr)
+                })
+            }
             Mode::Fail => Box::pin(async move { Err("500 internal server error".into()) }),
             Mode::NotSent => Box::pin(async move {
                 Err(
