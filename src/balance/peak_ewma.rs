@@ -80,7 +80,7 @@ pub(crate) struct PeakEwma {
     /// The estimate tells of a moment more than of the pod's speed: the
     /// pod's silence (a request given up unanswered), or a spike (an answer
     /// [`SPIKE`] times the estimate or more: a pause, a stall). The probe
-    /// interval is then the estimate itself.
+    /// interval is then the estimate itself, if that is shorter.
     momentary: AtomicBool,
     /// Nanoseconds since `epoch` when the last probe was sent.
     probed_ns: AtomicU64,
@@ -447,7 +447,8 @@ mod tests {
         assert!(!ewma.probe_due(0, Instant::now()), "too soon");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(ewma.probe_due(0, Instant::now()));
-        // A slow answer is a measurement: a tenth of the decay again.
+        // A slow answer to a probe is a measurement: back on the `decay /
+        // 10` schedule (4 s after two probes).
         ewma.start_probe(Instant::now());
         ewma.observe(Duration::from_millis(500), Instant::now());
         tokio::time::advance(Duration::from_millis(999)).await;
