@@ -12,12 +12,31 @@ use tower::ServiceExt;
 
 const MS: Duration = Duration::from_millis(1);
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn equal_endpoints_share_requests_evenly() {
+/// Four pods answering after `latency`, and a balancer over them that has
+/// served `warm_up` requests from each of 8 callers. (Keep the sender: its
+/// drop ends the balancer's discovery.)
+async fn four_pods(latency: Duration, warm_up: usize) -> (Lb, Tx, Vec<Pod>) {
     let (lb, tx) = balancer(Balancer::builder());
-    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
+    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, latency)).collect();
     pods.iter().for_each(|p| insert(&tx, p));
     settle().await;
+    drive(&lb, 8, warm_up).await;
+    (lb, tx, pods)
+}
+
+/// How many requests each pod got over the next `window`.
+async fn calls_over(pods: &[Pod], window: Duration) -> Vec<usize> {
+    let before: Vec<_> = pods.iter().map(Pod::calls).collect();
+    tokio::time::sleep(window).await;
+    pods.iter()
+        .zip(before)
+        .map(|(p, b)| p.calls() - b)
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn equal_endpoints_share_requests_evenly() {
+    let (lb, _tx, pods) = four_pods(10 * MS, 0).await;
 
     drive(&lb, 8, 500).await;
 
@@ -53,11 +72,7 @@ async fn a_slow_endpoint_gets_under_ten_percent() {
 /// tenth of the decay after its last answer brings it back instead.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_pod_that_recovers_from_a_long_peak_gets_its_share_back_within_seconds() {
-    let (lb, tx) = balancer(Balancer::builder());
-    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, MS)).collect();
-    pods.iter().for_each(|p| insert(&tx, p));
-    settle().await;
-    drive(&lb, 8, 200).await;
+    let (lb, _tx, pods) = four_pods(MS, 200).await;
 
     pods[3].set_latency(2_000 * MS);
     drive(&lb, 8, 200).await;
@@ -111,31 +126,16 @@ async fn a_pod_that_stays_slow_gets_only_backed_off_probes() {
 /// every caller within seconds.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_pod_that_stops_answering_holds_at_most_a_few_callers() {
-    let (lb, tx) = balancer(Balancer::builder());
-    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
-    pods.iter().for_each(|p| insert(&tx, p));
-    settle().await;
-    drive(&lb, 8, 50).await;
+    let (lb, _tx, pods) = four_pods(10 * MS, 50).await;
 
     pods[3].set_mode(Mode::Hang);
-    let done = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..8)
-        .map(|w| {
-            let (lb, done) = (lb.clone(), done.clone());
-            tokio::spawn(async move {
-                for i in 0.. {
-                    lb.clone().oneshot(w * 1_000_000 + i).await.unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let callers = Callers::start(&lb, 8, None);
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let before = done.load(Ordering::Relaxed);
+    let before = callers.answered();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let last_10s = done.load(Ordering::Relaxed) - before;
+    let last_10s = callers.answered() - before;
     let held = stats_of(&lb, &pods[3]).pending;
-    workers.iter().for_each(|w| w.abort());
+    drop(callers);
 
     eprintln!("hung pod holds {held} of 8 callers; {last_10s} requests in the last 10 s");
     assert!(held <= 4, "the hung pod holds {held} of 8 callers");
@@ -145,31 +145,21 @@ async fn a_pod_that_stops_answering_holds_at_most_a_few_callers() {
 
 /// A pod that stalls for 80 ms (a GC pause: the requests it holds are all
 /// answered at its end) and then answers at its usual 2 ms: the first of
-/// its late answers is a spike,
-/// 40 times its estimate, which tells of the pause more than of the pod, so
+/// its late answers is a spike, 40 times its estimate, which tells of the
+/// pause more than of the pod, so
 /// it is probed again about 80 ms after them and has its share back within
 /// a quarter of a second, where the probe interval of a steady slowness
 /// (a tenth of the decay, 1 s) would keep it out for a second.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_pod_back_from_a_short_pause_gets_its_share_back_within_a_quarter_second() {
-    let (lb, tx) = balancer(Balancer::builder());
-    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 2 * MS)).collect();
-    pods.iter().for_each(|p| insert(&tx, p));
-    settle().await;
-    drive(&lb, 8, 100).await;
+    let (lb, _tx, pods) = four_pods(2 * MS, 100).await;
 
-    let callers = Impatient::start(&lb, 8, Duration::from_secs(10));
+    let callers = Callers::start(&lb, 8, None);
     tokio::time::sleep(100 * MS).await;
     pods[3].pause(80 * MS);
     tokio::time::sleep(80 * MS).await;
     tokio::time::sleep(250 * MS).await;
-    let before: Vec<_> = pods.iter().map(Pod::calls).collect();
-    tokio::time::sleep(250 * MS).await;
-    let calls: Vec<_> = pods
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| p.calls() - b)
-        .collect();
+    let calls = calls_over(&pods, 250 * MS).await;
     assert_eq!(callers.given_up(), 0);
     drop(callers);
 
@@ -182,16 +172,16 @@ async fn a_pod_back_from_a_short_pause_gets_its_share_back_within_a_quarter_seco
     );
 }
 
-/// `n` callers sending requests in a row, each given up after `deadline`;
-/// counts the requests answered and given up.
-struct Impatient {
+/// `n` callers sending requests in a row, each given up after `deadline`
+/// if there is one; counts the requests answered and given up.
+struct Callers {
     workers: Vec<tokio::task::JoinHandle<()>>,
     answered: Arc<AtomicUsize>,
     given_up: Arc<AtomicUsize>,
 }
 
-impl Impatient {
-    fn start(lb: &Lb, n: u32, deadline: Duration) -> Self {
+impl Callers {
+    fn start(lb: &Lb, n: u32, deadline: Option<Duration>) -> Self {
         let (answered, given_up) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let workers = (0..n)
             .map(|w| {
@@ -199,12 +189,16 @@ impl Impatient {
                 tokio::spawn(async move {
                     for i in 0.. {
                         let call = lb.clone().oneshot(w * 1_000_000 + i);
-                        match tokio::time::timeout(deadline, call).await {
-                            Ok(result) => {
+                        let result = match deadline {
+                            Some(deadline) => tokio::time::timeout(deadline, call).await.ok(),
+                            None => Some(call.await),
+                        };
+                        match result {
+                            Some(result) => {
                                 result.unwrap();
                                 answered.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(_) => {
+                            None => {
                                 given_up.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -228,29 +222,25 @@ impl Impatient {
     }
 }
 
-impl Drop for Impatient {
+impl Drop for Callers {
     fn drop(&mut self) {
         self.workers.iter().for_each(|w| w.abort());
     }
 }
 
 /// A pod that stops answering while its callers give up on what they sent
-/// it (a deadline of 30 ms here; a hedge that wins elsewhere is the same):
+/// it (a deadline of 30 ms here):
 /// a request given up is no answer, so the pod's silence keeps counting and
 /// it gets only its backed-off probes. Were a given-up request counted as
 /// an answer, the pod would look fresh each time one is dropped and keep
 /// getting requests to lose to the deadline: hundreds in these 10 s.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_pod_whose_requests_are_given_up_gets_only_probes_while_it_stays_silent() {
-    let (lb, tx) = balancer(Balancer::builder());
-    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
-    pods.iter().for_each(|p| insert(&tx, p));
-    settle().await;
-    drive(&lb, 8, 50).await;
+    let (lb, _tx, pods) = four_pods(10 * MS, 50).await;
 
     let at_hang = pods[3].calls();
     pods[3].set_mode(Mode::Hang);
-    let callers = Impatient::start(&lb, 8, 30 * MS);
+    let callers = Callers::start(&lb, 8, Some(30 * MS));
     // The first second: the requests it held when it stopped, and probes
     // at growing intervals.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -282,24 +272,14 @@ async fn a_pod_whose_requests_are_given_up_gets_only_probes_while_it_stays_silen
 /// measured peak.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_pod_that_answers_again_after_a_stall_its_callers_gave_up_on_soon_gets_its_share_back() {
-    let (lb, tx) = balancer(Balancer::builder());
-    let pods: Vec<_> = (1..=4).map(|i| Pod::new(i, 10 * MS)).collect();
-    pods.iter().for_each(|p| insert(&tx, p));
-    settle().await;
-    drive(&lb, 8, 50).await;
+    let (lb, _tx, pods) = four_pods(10 * MS, 50).await;
 
-    let callers = Impatient::start(&lb, 8, 30 * MS);
+    let callers = Callers::start(&lb, 8, Some(30 * MS));
     pods[3].set_mode(Mode::Hang);
     tokio::time::sleep(200 * MS).await;
     pods[3].set_mode(Mode::Ok);
     tokio::time::sleep(250 * MS).await;
-    let before: Vec<_> = pods.iter().map(Pod::calls).collect();
-    tokio::time::sleep(250 * MS).await;
-    let calls: Vec<_> = pods
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| p.calls() - b)
-        .collect();
+    let calls = calls_over(&pods, 250 * MS).await;
     drop(callers);
 
     let share = calls[3] as f64 / calls.iter().sum::<usize>() as f64;

@@ -266,6 +266,52 @@ macro_rules! both_protocols {
 
 // ===== a pod that accepts but never answers =====
 
+/// Three pods answering after `delay`, a client with a `timeout` per
+/// request over them, and the first pod hung (reads requests, never
+/// answers) from the moment this returns.
+struct OneHung {
+    pods: Vec<Pod>,
+    client: Client,
+    addrs: Vec<SocketAddr>,
+    hung: SocketAddr,
+    _dns: DnsServer,
+}
+
+async fn one_hung(protocol: Protocol, net: u8, timeout: Duration, delay: Duration) -> OneHung {
+    let (pods, dns, port) = pods_and_dns(net, 3).await;
+    for pod in &pods {
+        pod.set_delay(delay);
+    }
+    let client: Client = builder(&dns, protocol)
+        .request_timeout(Some(timeout))
+        .build(&target(port))
+        .unwrap();
+    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
+    wait_ready(&client, &addrs).await;
+    pods[0].set_hang(true);
+    OneHung {
+        hung: addrs[0],
+        pods,
+        client,
+        addrs,
+        _dns: dns,
+    }
+}
+
+/// The failed requests all timed out, and they are exactly the requests
+/// the balancer sent to the hung pod.
+fn assert_only_the_hung_pods_requests_timed_out(failed: &[&Failure], hung: &EndpointStats) {
+    assert!(
+        failed.iter().all(|f| f.timeout),
+        "only timeouts: {failed:?}"
+    );
+    assert_eq!(
+        failed.len() as u64,
+        hung.requests,
+        "every request sent to the hung pod timed out, and only those"
+    );
+}
+
 both_protocols!(a_hung_pod_times_out_and_is_avoided, 111);
 
 /// One of three pods hangs (reads requests, never answers); the client has
@@ -274,15 +320,13 @@ both_protocols!(a_hung_pod_times_out_and_is_avoided, 111);
 /// stays raised while its requests are stuck, so P2C sends it only a small
 /// share; the timeouts show in its stats.
 async fn a_hung_pod_times_out_and_is_avoided(protocol: Protocol, net: u8) {
-    let (pods, dns, port) = pods_and_dns(net, 3).await;
-    let client: Client = builder(&dns, protocol)
-        .request_timeout(Some(Duration::from_millis(300)))
-        .build(&target(port))
-        .unwrap();
-    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
-    wait_ready(&client, &addrs).await;
-    let hung = addrs[0];
-    pods[0].set_hang(true);
+    let OneHung {
+        pods,
+        client,
+        addrs,
+        hung,
+        _dns,
+    } = one_hung(protocol, net, Duration::from_millis(300), Duration::ZERO).await;
 
     let load = Load::start(&client, 8, None);
     let mut max_pending = 0;
@@ -305,15 +349,7 @@ async fn a_hung_pod_times_out_and_is_avoided(protocol: Protocol, net: u8) {
         failed.len(),
         share * 100.0
     );
-    assert!(
-        failed.iter().all(|f| f.timeout),
-        "only timeouts: {failed:?}"
-    );
-    assert_eq!(
-        failed.len() as u64,
-        hung_stats.requests,
-        "every request sent to the hung pod timed out, and only those"
-    );
+    assert_only_the_hung_pods_requests_timed_out(&failed, &hung_stats);
     assert!(!failed.is_empty(), "the hung pod was tried");
     assert!(max_pending >= 1, "pending stays raised while requests hang");
     assert!(
@@ -391,18 +427,19 @@ both_protocols!(a_hung_pod_whose_requests_time_out_gets_only_probes, 122);
 /// look fresh again each time, a 30 ms estimate against the others' 10 ms ×
 /// their pending requests, and take a share of the requests all along.
 async fn a_hung_pod_whose_requests_time_out_gets_only_probes(protocol: Protocol, net: u8) {
-    let (pods, dns, port) = pods_and_dns(net, 3).await;
-    for pod in &pods {
-        pod.set_delay(Duration::from_millis(10));
-    }
-    let client: Client = builder(&dns, protocol)
-        .request_timeout(Some(Duration::from_millis(30)))
-        .build(&target(port))
-        .unwrap();
-    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
-    wait_ready(&client, &addrs).await;
-    let hung = addrs[0];
-    pods[0].set_hang(true);
+    let OneHung {
+        pods,
+        client,
+        hung,
+        _dns,
+        ..
+    } = one_hung(
+        protocol,
+        net,
+        Duration::from_millis(30),
+        Duration::from_millis(10),
+    )
+    .await;
 
     let load = Load::start(&client, 8, None);
     // The scenario's own length: 3 s of load against the hung pod.
@@ -417,15 +454,7 @@ async fn a_hung_pod_whose_requests_time_out_gets_only_probes(protocol: Protocol,
         outcomes.len(),
         failed.len()
     );
-    assert!(
-        failed.iter().all(|f| f.timeout),
-        "only timeouts: {failed:?}"
-    );
-    assert_eq!(
-        failed.len() as u64,
-        hung_stats.requests,
-        "every request sent to the hung pod timed out, and only those"
-    );
+    assert_only_the_hung_pods_requests_timed_out(&failed, &hung_stats);
     // At most the 8 it held when it stopped, and 6 probes.
     assert!(
         hung_stats.requests <= 14,

@@ -308,14 +308,12 @@ impl Load {
     /// A request's wait ended with an answer from the pod: its response, or
     /// an error.
     pub(crate) fn wait_answered(&self, now: Instant) {
-        self.answered_ns
-            .store(self.since_epoch(now), Ordering::Relaxed);
         // Loaded first: a store on every response would be a write to a
         // line the picks read.
         if self.owed.load(Ordering::Relaxed) {
             self.owed.store(false, Ordering::Relaxed);
         }
-        self.awaiting.fetch_sub(1, Ordering::Release);
+        self.wait_cancelled(now);
     }
 
     /// A hedged copy's wait ended because the other copy answered first:

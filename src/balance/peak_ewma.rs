@@ -99,7 +99,7 @@ pub(crate) const MIN_WEIGHT: f64 = 0.1;
 /// An answer at least this many times the estimate is a spike, which tells
 /// of a moment (a pause, a stall) more than of the pod's speed: the pod is
 /// probed again after as long as the spike (see [`PeakEwma`]).
-pub(crate) const SPIKE: f64 = 4.0;
+const SPIKE: f64 = 4.0;
 
 /// The shortest probe interval of a momentary estimate.
 const MIN_MOMENTARY_PROBE: Duration = Duration::from_millis(1);
