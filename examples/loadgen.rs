@@ -77,7 +77,8 @@
 //! answer after N ms, or after the p95 of recent answers with `auto`: a copy
 //! goes to another pod and the first answer counts (gRPC: the `Check`
 //! method is listed as hedgeable). `--hedge-budget PCT` caps the copies at
-//! that percentage of the requests \[10\].
+//! that percentage of the requests \[10\]; `--max-hedges N` lets a request
+//! get up to N hedges (1 to 4), each a delay after the last \[1\].
 //!
 //! Progress goes to stderr once a second unless `--quiet`: the requests and
 //! errors so far (and the overloaded ones, if any) and, over the last second,
@@ -181,6 +182,9 @@ struct Args {
     /// The most hedges, in percent of requests [10].
     #[arg(long, value_name = "PCT", requires = "hedge_after_ms", value_parser = parse_hedge_budget)]
     hedge_budget: Option<f64>,
+    /// The most hedges one request gets, 1 to 4, each a delay after the last [1].
+    #[arg(long, value_name = "N", requires = "hedge_after_ms", value_parser = clap::value_parser!(u32).range(1..=4))]
+    max_hedges: Option<u32>,
     /// The client configuration read from --tls-ca.
     #[cfg(feature = "tls")]
     #[arg(skip)]
@@ -256,14 +260,19 @@ fn parse_hedge_budget(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The hedge policy of `--hedge-after-ms` and `--hedge-budget`, if any.
+/// The hedge policy of `--hedge-after-ms`, `--hedge-budget` and
+/// `--max-hedges`, if any.
 fn hedge_policy(args: &Args) -> Option<headless_lb::HedgePolicy> {
     let policy = match args.hedge_after_ms? {
         HedgeAfter::Fixed(delay) => headless_lb::HedgePolicy::after(delay),
         HedgeAfter::Auto => headless_lb::HedgePolicy::auto(),
     };
-    Some(match args.hedge_budget {
+    let policy = match args.hedge_budget {
         Some(budget) => policy.budget(budget),
+        None => policy,
+    };
+    Some(match args.max_hedges {
+        Some(n) => policy.max_hedges(n),
         None => policy,
     })
 }

@@ -233,6 +233,102 @@ async fn http2_a_slow_pod_is_hedged_to_the_other() {
     a_slow_pod_is_hedged(231, Protocol::Http2).await;
 }
 
+// ===== a second hedge when the first lands on a stalled pod too =====
+
+/// Three pods; a burst of requests while the first pod is paused, and the
+/// second pod paused once only the first still holds requests: the hedges
+/// of the requests held on the first go to the second or the third by P2C,
+/// and those on the second are held again. With `max_hedges(2)` a second
+/// hedge goes to the third pod a delay later; with one hedge (the default)
+/// such a request waits out a pause.
+async fn a_second_hedge_passes_a_second_stall(net: u8, max_hedges: u32) -> (Vec<Answer>, u64) {
+    for _ in 0..20 {
+        let ips: Vec<IpAddr> = (1..=3)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
+            .collect();
+        let pods = Pod::start_all(&ips).await.unwrap();
+        let dns = DnsServer::start().await.unwrap();
+        dns.set_ips(SERVICE, &ips, 1);
+        let client = Client::builder()
+            .nameserver(dns.addr())
+            .protocol(Protocol::Http2)
+            .hedge(fixed().max_hedges(max_hedges))
+            .build(&format!("{SERVICE}:{}", pods[0].addr().port()))
+            .unwrap();
+        wait_for(Duration::from_secs(5), "three pods ready", || {
+            let stats = client.stats().endpoints;
+            stats.len() == 3
+                && stats
+                    .iter()
+                    .all(|e| e.state == headless_lb::EndpointState::Ready)
+        })
+        .await;
+        let [first, second, third] = &pods[..] else {
+            unreachable!()
+        };
+
+        first.pause_for(SLOW);
+        let requests = {
+            let client = client.clone();
+            tokio::spawn(async move { burst(&client, BURST, get).await })
+        };
+        // The originals on the other two pods answered; the first holds its own.
+        wait_for(
+            Duration::from_secs(2),
+            "only the first pod holding requests",
+            || first.in_flight() > 0 && second.in_flight() == 0 && third.in_flight() == 0,
+        )
+        .await;
+        let held = first.in_flight();
+        second.pause_for(SLOW);
+        // Read after the pause began: with no hedge sent by then, every
+        // hedge that reaches the second pod finds it paused.
+        let hedges_before = hedge_stats(&client).sent;
+        let mut reached_second = false;
+        wait_for(
+            Duration::from_secs(5),
+            "a hedge on the second pod or the answers",
+            || {
+                reached_second |= second.in_flight() > 0;
+                reached_second || requests.is_finished()
+            },
+        )
+        .await;
+        let answers = requests.await.unwrap();
+        if hedges_before == 0 && reached_second {
+            return (answers, hedge_stats(&client).sent - held);
+        }
+    }
+    panic!("20 bursts and never a hedge on the second paused pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_hedge_answers_when_the_first_lands_on_a_stalled_pod_too() {
+    let _quiet = QUIET.lock().await;
+    let (answers, extra) = a_second_hedge_passes_a_second_stall(242, 2).await;
+    eprintln!(
+        "max_hedges(2): slowest {:?}, {extra} second hedges",
+        slowest(&answers)
+    );
+    assert!(extra >= 1, "a request got a second hedge: {answers:?}");
+    assert!(
+        slowest(&answers) < SLOW / 4,
+        "no request waits out a pause: {answers:?}"
+    );
+    assert!(answers.iter().all(|a| a.status == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hedge_by_default_so_a_second_stall_is_waited_out() {
+    let _quiet = QUIET.lock().await;
+    let (answers, extra) = a_second_hedge_passes_a_second_stall(243, 1).await;
+    assert_eq!(extra, 0, "one hedge per request at most");
+    assert!(
+        slowest(&answers) >= SLOW / 2,
+        "the request whose hedge is held waits for a pause to end: {answers:?}"
+    );
+}
+
 // ===== (d) the losing copy is cancelled at the pod =====
 
 /// The copies left on the hung pod are dropped by the client when the hedge
@@ -534,6 +630,14 @@ async fn invalid_policies_fail_the_build_with_a_typed_error() {
     ));
     let err = build(HedgePolicy::auto().budget(f64::NAN)).unwrap_err();
     assert!(err.to_string().contains("budget"), "{err}");
+    for n in [0, 5] {
+        let err = build(HedgePolicy::auto().max_hedges(n)).unwrap_err();
+        assert!(
+            matches!(err, BuildError::Hedge(HedgePolicyError::MaxHedges(m)) if m == n),
+            "{err}"
+        );
+    }
+    assert!(build(HedgePolicy::auto().max_hedges(4)).is_ok());
     assert!(build(HedgePolicy::after(Duration::ZERO).budget(0.0)).is_ok());
 }
 

@@ -187,10 +187,16 @@ pub struct Contender {
 }
 
 impl Contender {
-    /// Hedges sent so far; None for a contender that does not hedge.
-    pub fn hedges_sent(&self) -> Option<u64> {
+    /// Hedges sent and hedges the budget refused so far; None for a
+    /// contender that does not hedge.
+    pub fn hedge_counts(&self) -> Option<(u64, u64)> {
         let channel = self.hedged.as_ref()?;
-        Some(channel.stats().hedging.map_or(0, |h| h.sent))
+        Some(
+            channel
+                .stats()
+                .hedging
+                .map_or((0, 0), |h| (h.sent, h.refused)),
+        )
     }
 }
 

@@ -48,6 +48,8 @@ pub struct OpenRow {
     pub summary: Option<OpenSummary>,
     /// Hedges sent in the measured window, for a contender that hedges.
     pub hedges: Option<u64>,
+    /// Hedges that were due in the window but that the budget refused.
+    pub hedges_refused: Option<u64>,
     /// Pauses the pods started in the measured window.
     pub pauses: Option<u64>,
     /// The first pod's share of the requests answered in the window.
@@ -62,6 +64,7 @@ impl OpenRow {
             protocol: protocol.to_owned(),
             summary: None,
             hedges: None,
+            hedges_refused: None,
             pauses: None,
             first_pod_share: None,
             error: Some(error),
@@ -717,7 +720,8 @@ impl Report {
              the capacity, {:.0} req/s, latency from each request's intended start, \
              at most {OPEN_BOUND} in flight. The fixed hedge delay is the reference \
              row's p95 rounded up: {} ms. `sent`: requests sent in the measured \
-             window; `extra`: hedges sent / requests sent.\n",
+             window; `extra`: hedges sent / requests sent, and the hedges that were \
+             due but that the budget refused.\n",
             OPEN_DELAY.as_millis(),
             section.capacity_rps,
             PAUSE.as_millis(),
@@ -794,7 +798,10 @@ fn open_table(md: &mut String, rows: &[OpenRow], shares: bool) {
         } else {
             match (row.hedges, s) {
                 (Some(h), Some(s)) if s.sent > 0 => {
-                    format!("{h} ({:.2} %)", 100.0 * h as f64 / s.sent as f64)
+                    let refused = row
+                        .hedges_refused
+                        .map_or_else(String::new, |r| format!(", {r} refused"));
+                    format!("{h} ({:.2} %){refused}", 100.0 * h as f64 / s.sent as f64)
                 }
                 _ => "—".to_owned(),
             }

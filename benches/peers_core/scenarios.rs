@@ -666,6 +666,8 @@ pub const PAUSE_EVERY: Duration = Duration::from_secs(2);
 /// Hedges a hedged contender may send at once (at least the requests in
 /// flight on one pod, which a pause holds together).
 pub const HEDGE_BURST: u32 = 32;
+/// Hedges a request of a hedged contender may get.
+pub const MAX_HEDGES: u32 = 2;
 
 /// Requests/s that `kind` gets through `cluster` with 64 in flight: the
 /// pods' capacity as a balancer that spreads load can use it.
@@ -725,7 +727,7 @@ fn open_row(
     let pauses_before: u64 = (0..cluster.pods.len())
         .map(|i| cluster.pods.pauses(i))
         .sum();
-    let hedges_before = contender.hedges_sent();
+    let hedges_before = contender.hedge_counts().unwrap_or((0, 0));
     let before = cluster.requests();
     let run: OpenRun = client_rt.block_on(open_loop(
         contender.sender.fork(),
@@ -738,11 +740,13 @@ fn open_row(
         .map(|i| cluster.pods.pauses(i))
         .sum();
     let summary = run.summary();
-    let hedges = contender
-        .hedges_sent()
-        .map(|after| after - hedges_before.unwrap_or(0));
+    let counts = contender
+        .hedge_counts()
+        .map(|(sent, refused)| (sent - hedges_before.0, refused - hedges_before.1));
+    let hedges = counts.map(|(sent, _)| sent);
+    let hedges_refused = counts.map(|(_, refused)| refused);
     progress(format_args!(
-        "{scenario} {}: {} req/s asked, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms, {} errors ({} overload), hedges {:?}",
+        "{scenario} {}: {} req/s asked, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms, {} errors ({} overload), hedges {:?}, refused {:?}",
         contender.label,
         summary.rate,
         summary.p50_ms,
@@ -751,12 +755,14 @@ fn open_row(
         summary.max_ms,
         summary.errors,
         summary.overload,
-        hedges
+        hedges,
+        hedges_refused
     ));
     OpenRow {
         contender: contender.label.clone(),
         protocol: protocol_name(contender.kind.protocol()),
         hedges,
+        hedges_refused,
         pauses: Some(pauses - pauses_before),
         first_pod_share: served.first().copied(),
         summary: Some(summary),
@@ -840,15 +846,19 @@ fn pauses(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Option<Open
     }
     let hedged = [
         (
-            headless_lb::HedgePolicy::after(hedge_after).burst(HEDGE_BURST),
+            headless_lb::HedgePolicy::after(hedge_after)
+                .burst(HEDGE_BURST)
+                .max_hedges(MAX_HEDGES),
             format!(
-                "headless-lb Channel, hedge after {:.1} ms, burst {HEDGE_BURST}",
+                "headless-lb Channel, hedge after {:.1} ms, burst {HEDGE_BURST}, max {MAX_HEDGES}",
                 hedge_after.as_secs_f64() * 1e3
             ),
         ),
         (
-            headless_lb::HedgePolicy::auto().burst(HEDGE_BURST),
-            format!("headless-lb Channel, hedge auto (p95), burst {HEDGE_BURST}"),
+            headless_lb::HedgePolicy::auto()
+                .burst(HEDGE_BURST)
+                .max_hedges(MAX_HEDGES),
+            format!("headless-lb Channel, hedge auto (p95), burst {HEDGE_BURST}, max {MAX_HEDGES}"),
         ),
     ];
     for (policy, label) in hedged {

@@ -21,10 +21,14 @@
 //!   empty body or a `Full<Bytes>`, `Empty<Bytes>` or `String` of at most
 //!   [`MAX_HEDGE_BODY`] bytes; gRPC a request body recorded whole (at most
 //!   64 KiB) by the time the hedge is due.
-//! - **Never worse than no hedge.** An error of either copy is ignored
-//!   while the other still runs; only when both failed is an error
+//! - **Never worse than no hedge.** An error of one copy is ignored
+//!   while another still runs; only when every copy failed is an error
 //!   returned, the original's. An answer or an error that comes before the
 //!   delay is returned as it is.
+//! - **One hedge, or a few.** By default a request gets one hedge; with
+//!   [`HedgePolicy::max_hedges`] up to four, each a delay after the one
+//!   before while no copy has answered, each to a pod no copy went to. No
+//!   hedge goes out after the original failed.
 //! - **Bounded extra load.** A token bucket: every request through the
 //!   client adds `budget` tokens (up to `burst`), a hedge spends one. Over
 //!   N requests at most `budget × N + burst` hedges are sent.
@@ -44,6 +48,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tower::BoxError;
 
@@ -60,6 +66,11 @@ pub const DEFAULT_HEDGE_BURST: u32 = 10;
 pub const DEFAULT_HEDGE_PERCENTILE: f64 = 0.95;
 /// The default shortest delay of a [`HedgePolicy::auto`] hedge \[1 ms\].
 pub const DEFAULT_HEDGE_MIN_DELAY: Duration = Duration::from_millis(1);
+/// The default number of hedges a request may get \[1\].
+pub const DEFAULT_MAX_HEDGES: u32 = 1;
+/// The most hedges a request may get \[4\]: gRFC A6's limit of five
+/// attempts in all.
+pub const MAX_HEDGES_LIMIT: u32 = 4;
 /// The largest HTTP request body that is copied for a hedge \[64 KiB\].
 pub const MAX_HEDGE_BODY: usize = 64 * 1024;
 
@@ -99,6 +110,7 @@ pub struct HedgePolicy {
     delay: HedgeDelay,
     budget: f64,
     burst: u32,
+    max_hedges: u32,
 }
 
 /// How long a request waits for its answer before it is hedged.
@@ -126,6 +138,9 @@ pub enum HedgePolicyError {
     /// `/package.Service/*` for all of a service's methods).
     #[error("gRPC method {0:?} to hedge is not /package.Service/Method or /package.Service/*")]
     GrpcMethod(String),
+    /// The most hedges per request is not in `1..=`[`MAX_HEDGES_LIMIT`].
+    #[error("max hedges per request {0} is not in 1..=4 (gRFC A6 allows 5 attempts in all)")]
+    MaxHedges(u32),
 }
 
 /// Marks a request as safe (`true`) or unsafe (`false`) to send twice, as
@@ -157,7 +172,7 @@ pub struct Idempotent(pub bool);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct HedgeStats {
-    /// Copies sent to a second pod.
+    /// Copies sent to another pod.
     pub sent: u64,
     /// Hedges whose answer was the one returned: it came first, or the
     /// original request failed.
@@ -175,6 +190,7 @@ pub struct HedgeStats {
 /// and the counts. Shared by every clone of the client.
 pub(crate) struct Hedging {
     delay: HedgeDelay,
+    max_hedges: u32,
     budget: TokenBucket,
     latencies: Latencies,
     /// gRPC methods hedged by default: full paths and `/pkg.Svc/` prefixes.
@@ -226,6 +242,7 @@ impl HedgePolicy {
             delay: HedgeDelay::Fixed(delay),
             budget: DEFAULT_HEDGE_BUDGET,
             burst: DEFAULT_HEDGE_BURST,
+            max_hedges: DEFAULT_MAX_HEDGES,
         }
     }
 
@@ -253,6 +270,7 @@ impl HedgePolicy {
             },
             budget: DEFAULT_HEDGE_BUDGET,
             burst: DEFAULT_HEDGE_BURST,
+            max_hedges: DEFAULT_MAX_HEDGES,
         }
     }
 
@@ -276,6 +294,21 @@ impl HedgePolicy {
         self
     }
 
+    /// The most hedges one request gets \[1, from 1 to 4\]: while no copy
+    /// has answered, another goes out each delay after the last, to a pod
+    /// none of the earlier copies went to, as long as the budget has a
+    /// token.
+    ///
+    /// A second hedge is for the request whose first hedge landed on a pod
+    /// that stalls too: where pods pause independently, two overlap often
+    /// enough to set the p99.9. Each hedge beyond the first is sent only
+    /// when the copies before it are all late, so it costs little of the
+    /// budget. A value outside 1..=4 is an error at `build`.
+    pub fn max_hedges(mut self, max_hedges: u32) -> Self {
+        self.max_hedges = max_hedges;
+        self
+    }
+
     /// Checks the values; `build` calls it.
     pub(crate) fn validate(&self) -> Result<(), HedgePolicyError> {
         if !(0.0..=1.0).contains(&self.budget) {
@@ -285,6 +318,9 @@ impl HedgePolicy {
             && !(percentile > 0.0 && percentile <= 1.0)
         {
             return Err(HedgePolicyError::Percentile(percentile));
+        }
+        if !(1..=MAX_HEDGES_LIMIT).contains(&self.max_hedges) {
+            return Err(HedgePolicyError::MaxHedges(self.max_hedges));
         }
         Ok(())
     }
@@ -322,6 +358,7 @@ impl Hedging {
         let cap = u64::from(policy.burst.max(1)) * TOKEN;
         Self {
             delay: policy.delay,
+            max_hedges: policy.max_hedges,
             budget: TokenBucket {
                 tokens: AtomicU64::new(cap),
                 // A validated budget is in 0..=1: the product fits.
@@ -401,16 +438,16 @@ impl fmt::Debug for Hedging {
 }
 
 /// Sends `request` (whose copies go to the pods `tried` records) through
-/// `primary`, and when no answer came within the hedge delay, a copy made
-/// by `copy` to another pod; returns the first answer, or the original's
-/// error when both failed. Runs in the caller's task: the copy that loses
-/// is dropped with this future.
+/// `primary`, and while no answer came, a copy made by `copy` to another
+/// pod each hedge delay, up to the policy's `max_hedges`; returns the first
+/// answer, or the original's error when every copy failed. Runs in the
+/// caller's task: the copies that lose are dropped with this future.
 pub(crate) async fn race<Req, S, K, P>(
     hedging: Arc<Hedging>,
     balancer: Balancer<Req, S, K>,
     tried: Arc<Tried>,
     primary: P,
-    copy: impl FnOnce() -> Option<Req>,
+    mut copy: impl FnMut() -> Option<Req>,
 ) -> Result<K::Output, BalanceError>
 where
     S: tower::Service<Req> + Clone + Send + Sync + 'static,
@@ -434,44 +471,62 @@ where
         hedging.observe(started, &result);
         return result;
     }
-    let Some(hedge) = launch(&hedging, &balancer, &tried, copy) else {
-        let result = primary.await;
-        hedging.observe(started, &result);
-        return result;
-    };
-    let mut hedge = pin!(hedge);
     let won = || {
         hedging.won.fetch_add(1, Ordering::Relaxed);
         balancer.inner.config.metrics.hedge_won();
     };
-    // The original first when both are ready at once: no reason to prefer
-    // the copy. The loser's error is ignored while the other may answer.
-    let result = tokio::select! {
-        biased;
-        first = primary.as_mut() => match first {
-            Ok(response) => Ok(response),
-            Err(error) => match hedge.await {
+    let mut hedges = FuturesUnordered::new();
+    // The original's error, kept while a hedge may still answer.
+    let mut failed: Option<BalanceError> = None;
+    // The next hedge is due when this fires; disarmed when no more may go
+    // (the most were sent, one could not be, or the original failed).
+    let next = tokio::time::sleep(Duration::ZERO);
+    let mut next = pin!(next);
+    let mut armed = true;
+    let mut sent = 0;
+    // The original first when several are ready at once: no reason to
+    // prefer a copy. A copy's error is ignored while another may answer.
+    let result = loop {
+        tokio::select! {
+            biased;
+            first = primary.as_mut(), if failed.is_none() => match first {
+                Ok(response) => break Ok(response),
+                Err(error) if hedges.is_empty() => break Err(error),
+                Err(error) => {
+                    failed = Some(error);
+                    armed = false;
+                }
+            },
+            Some(second) = hedges.next(), if !hedges.is_empty() => match second {
                 Ok(response) => {
                     won();
-                    Ok(response)
+                    break Ok(response);
                 }
-                Err(_) => Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "hedge failed; waiting for the other copies");
+                    if hedges.is_empty()
+                        && let Some(error) = failed.take()
+                    {
+                        break Err(error);
+                    }
+                }
             },
-        },
-        second = hedge.as_mut() => match second {
-            Ok(response) => {
-                won();
-                Ok(response)
+            () = next.as_mut(), if armed => {
+                match launch(&hedging, &balancer, &tried, &mut copy) {
+                    Some(hedge) => {
+                        hedges.push(hedge);
+                        sent += 1;
+                        armed = sent < hedging.max_hedges;
+                        next.as_mut().reset(Instant::now() + delay);
+                    }
+                    None => armed = false,
+                }
             }
-            Err(error) => {
-                tracing::debug!(%error, "hedge failed; waiting for the original request");
-                primary.await
-            }
-        },
+        }
     };
     if result.is_ok() {
-        // The copy still running, dropped with this future, lost the race:
-        // that is no stall of its pod (see `balance::dispatch`).
+        // The copies still running, dropped with this future, lost the
+        // race: that is no stall of their pods (see `balance::dispatch`).
         tried.settle();
     }
     hedging.observe(started, &result);
@@ -513,13 +568,15 @@ where
     Some(balancer.call_hedge(request, tried.clone(), endpoint))
 }
 
-/// Sends `request` through `balancer` hedged, with `copy` as the hedge's
-/// request: the common case, where the original is one dispatch.
+/// Sends `request` through `balancer` hedged, with `copy` (and `copy_of`
+/// it, for hedges beyond the first) as the hedges' requests: the common
+/// case, where the original is one dispatch.
 pub(crate) fn send<Req, S, K>(
     hedging: Arc<Hedging>,
     balancer: &Balancer<Req, S, K>,
     request: Req,
     copy: Req,
+    copy_of: fn(&Req) -> Option<Req>,
 ) -> ResponseFuture<K::Output>
 where
     S: tower::Service<Req> + Clone + Send + Sync + 'static,
@@ -531,8 +588,17 @@ where
 {
     let tried = Arc::new(Tried::default());
     let primary = balancer.call_routed(request, Route::Tracked(tried.clone()));
+    // The last hedge the policy allows takes `copy` itself; any before it
+    // a copy of `copy`.
+    let mut left = hedging.max_hedges;
+    let mut copy = Some(copy);
     Box::pin(race(hedging, balancer.clone(), tried, primary, move || {
-        Some(copy)
+        left = left.saturating_sub(1);
+        if left == 0 {
+            copy.take()
+        } else {
+            copy.as_ref().and_then(copy_of)
+        }
     }))
 }
 

@@ -33,7 +33,8 @@ pub(crate) use self::builder::start as builder_start;
 pub use self::builder::{Builder, Grpc, Http};
 pub use self::hedge::{
     DEFAULT_HEDGE_BUDGET, DEFAULT_HEDGE_BURST, DEFAULT_HEDGE_MIN_DELAY, DEFAULT_HEDGE_PERCENTILE,
-    HedgePolicy, HedgePolicyError, HedgeStats, Idempotent, MAX_HEDGE_BODY,
+    DEFAULT_MAX_HEDGES, HedgePolicy, HedgePolicyError, HedgeStats, Idempotent, MAX_HEDGE_BODY,
+    MAX_HEDGES_LIMIT,
 };
 #[cfg(feature = "tonic")]
 pub(crate) use self::hedge::{Hedging, race};

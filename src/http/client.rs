@@ -188,9 +188,13 @@ where
             Some(hedging) => {
                 hedging.deposit();
                 match hedge_copy(&request) {
-                    Some(copy) => {
-                        self.finish(send_hedged(hedging.clone(), balancer, request, copy))
-                    }
+                    Some(copy) => self.finish(send_hedged(
+                        hedging.clone(),
+                        balancer,
+                        request,
+                        copy,
+                        hedge_copy,
+                    )),
                     None => self.finish(balancer.dispatch_routed(request, Route::Any)),
                 }
             }
