@@ -272,11 +272,18 @@ async fn a_second_hedge_passes_a_second_stall(net: u8, max_hedges: u32) -> (Vec<
             let client = client.clone();
             tokio::spawn(async move { burst(&client, BURST, get).await })
         };
-        // The originals on the other two pods answered; the first holds its own.
+        // Every original arrived: those on the other two pods answered, the
+        // first holds its own. (Or a hedge went out first: a retry below.)
         wait_for(
             Duration::from_secs(2),
             "only the first pod holding requests",
-            || first.in_flight() > 0 && second.in_flight() == 0 && third.in_flight() == 0,
+            || {
+                let settled = first.in_flight() > 0
+                    && second.in_flight() == 0
+                    && third.in_flight() == 0
+                    && first.in_flight() + second.requests() + third.requests() == BURST as u64;
+                settled || hedge_stats(&client).sent > 0
+            },
         )
         .await;
         let held = first.in_flight();
