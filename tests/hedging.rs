@@ -235,43 +235,49 @@ async fn http2_a_slow_pod_is_hedged_to_the_other() {
 
 // ===== a second hedge when the first lands on a stalled pod too =====
 
+/// What the second-stall tests use of a pod, HTTP or gRPC.
+trait Stalls {
+    fn pause_for(&self, pause: Duration);
+    fn in_flight(&self) -> u64;
+    fn requests(&self) -> u64;
+}
+
+impl Stalls for Pod {
+    fn pause_for(&self, pause: Duration) {
+        Pod::pause_for(self, pause)
+    }
+    fn in_flight(&self) -> u64 {
+        Pod::in_flight(self)
+    }
+    fn requests(&self) -> u64 {
+        Pod::requests(self)
+    }
+}
+
 /// Three pods; a burst of requests while the first pod is paused, and the
 /// second pod paused once only the first still holds requests: the hedges
 /// of the requests held on the first go to the second or the third by P2C,
 /// and those on the second are held again. With `max_hedges(2)` a second
 /// hedge goes to the third pod a delay later; with one hedge (the default)
 /// such a request waits out a pause.
-async fn a_second_hedge_passes_a_second_stall(net: u8, max_hedges: u32) -> (Vec<Answer>, u64) {
+///
+/// `start` makes three fresh pods, their DNS server and a hedging client;
+/// `send` sends a burst of [`BURST`] requests and returns each one's time;
+/// `sent` reads the client's hedges sent. Returns the times of the first
+/// burst in which a hedge reached the paused second pod, and how many
+/// second hedges went out in it.
+async fn a_second_stall<P: Stalls, C>(
+    start: impl AsyncFn() -> (Vec<P>, DnsServer, C),
+    send: impl Fn(&C) -> tokio::task::JoinHandle<Vec<Duration>>,
+    sent: impl Fn(&C) -> u64,
+) -> (Vec<Duration>, u64) {
     for _ in 0..20 {
-        let ips: Vec<IpAddr> = (1..=3)
-            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
-            .collect();
-        let pods = Pod::start_all(&ips).await.unwrap();
-        let dns = DnsServer::start().await.unwrap();
-        dns.set_ips(SERVICE, &ips, 1);
-        let client = Client::builder()
-            .nameserver(dns.addr())
-            .protocol(Protocol::Http2)
-            .hedge(fixed().max_hedges(max_hedges))
-            .build(&format!("{SERVICE}:{}", pods[0].addr().port()))
-            .unwrap();
-        wait_for(Duration::from_secs(5), "three pods ready", || {
-            let stats = client.stats().endpoints;
-            stats.len() == 3
-                && stats
-                    .iter()
-                    .all(|e| e.state == headless_lb::EndpointState::Ready)
-        })
-        .await;
+        let (pods, _dns, client) = start().await;
         let [first, second, third] = &pods[..] else {
-            unreachable!()
+            panic!("three pods")
         };
-
         first.pause_for(SLOW);
-        let requests = {
-            let client = client.clone();
-            tokio::spawn(async move { burst(&client, BURST, get).await })
-        };
+        let requests = send(&client);
         // Every original arrived: those on the other two pods answered, the
         // first holds its own. (Or a hedge went out first: a retry below.)
         wait_for(
@@ -282,7 +288,7 @@ async fn a_second_hedge_passes_a_second_stall(net: u8, max_hedges: u32) -> (Vec<
                     && second.in_flight() == 0
                     && third.in_flight() == 0
                     && first.in_flight() + second.requests() + third.requests() == BURST as u64;
-                settled || hedge_stats(&client).sent > 0
+                settled || sent(&client) > 0
             },
         )
         .await;
@@ -290,7 +296,7 @@ async fn a_second_hedge_passes_a_second_stall(net: u8, max_hedges: u32) -> (Vec<
         second.pause_for(SLOW);
         // Read after the pause began: with no hedge sent by then, every
         // hedge that reaches the second pod finds it paused.
-        let hedges_before = hedge_stats(&client).sent;
+        let hedges_before = sent(&client);
         let mut reached_second = false;
         wait_for(
             Duration::from_secs(5),
@@ -301,38 +307,85 @@ async fn a_second_hedge_passes_a_second_stall(net: u8, max_hedges: u32) -> (Vec<
             },
         )
         .await;
-        let answers = requests.await.unwrap();
+        let times = requests.await.unwrap();
         if hedges_before == 0 && reached_second {
-            return (answers, hedge_stats(&client).sent - held);
+            return (times, sent(&client) - held);
         }
     }
     panic!("20 bursts and never a hedge on the second paused pod");
 }
 
+/// Three HTTP/2 pods on `127.0.net.1` to `.3` and a client hedging with
+/// [`fixed`] and `max_hedges`.
+async fn http_trio(net: u8, max_hedges: u32) -> (Vec<Pod>, DnsServer, Client) {
+    let ips: Vec<IpAddr> = (1..=3)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
+        .collect();
+    let pods = Pod::start_all(&ips).await.unwrap();
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_ips(SERVICE, &ips, 1);
+    let client = Client::builder()
+        .nameserver(dns.addr())
+        .protocol(Protocol::Http2)
+        .hedge(fixed().max_hedges(max_hedges))
+        .build(&format!("{SERVICE}:{}", pods[0].addr().port()))
+        .unwrap();
+    wait_for(Duration::from_secs(5), "three pods ready", || {
+        let stats = client.stats().endpoints;
+        stats.len() == 3
+            && stats
+                .iter()
+                .all(|e| e.state == headless_lb::EndpointState::Ready)
+    })
+    .await;
+    (pods, dns, client)
+}
+
+/// [`a_second_stall`] over HTTP/2.
+async fn http_second_stall(net: u8, max_hedges: u32) -> (Vec<Duration>, u64) {
+    a_second_stall(
+        async || http_trio(net, max_hedges).await,
+        |client: &Client| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let answers = burst(&client, BURST, get).await;
+                assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
+                answers.iter().map(|a| a.took).collect()
+            })
+        },
+        |client: &Client| hedge_stats(client).sent,
+    )
+    .await
+}
+
+/// The slowest of `times`.
+fn max_time(times: &[Duration]) -> Duration {
+    times.iter().copied().max().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_hedge_answers_when_the_first_lands_on_a_stalled_pod_too() {
     let _quiet = QUIET.lock().await;
-    let (answers, extra) = a_second_hedge_passes_a_second_stall(242, 2).await;
+    let (times, extra) = http_second_stall(242, 2).await;
     eprintln!(
         "max_hedges(2): slowest {:?}, {extra} second hedges",
-        slowest(&answers)
+        max_time(&times)
     );
-    assert!(extra >= 1, "a request got a second hedge: {answers:?}");
+    assert!(extra >= 1, "a request got a second hedge: {times:?}");
     assert!(
-        slowest(&answers) < SLOW / 4,
-        "no request waits out a pause: {answers:?}"
+        max_time(&times) < SLOW / 4,
+        "no request waits out a pause: {times:?}"
     );
-    assert!(answers.iter().all(|a| a.status == 200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hedge_by_default_so_a_second_stall_is_waited_out() {
     let _quiet = QUIET.lock().await;
-    let (answers, extra) = a_second_hedge_passes_a_second_stall(243, 1).await;
+    let (times, extra) = http_second_stall(243, 1).await;
     assert_eq!(extra, 0, "one hedge per request at most");
     assert!(
-        slowest(&answers) >= SLOW / 2,
-        "the request whose hedge is held waits for a pause to end: {answers:?}"
+        max_time(&times) >= SLOW / 2,
+        "the request whose hedge is held waits for a pause to end: {times:?}"
     );
 }
 
@@ -733,6 +786,68 @@ mod grpc {
             out.push(done.unwrap());
         }
         out
+    }
+
+    impl Stalls for GrpcPod {
+        fn pause_for(&self, pause: Duration) {
+            GrpcPod::pause_for(self, pause)
+        }
+        fn in_flight(&self) -> u64 {
+            GrpcPod::in_flight(self)
+        }
+        fn requests(&self) -> u64 {
+            GrpcPod::requests(self)
+        }
+    }
+
+    /// Three gRPC pods on `127.0.net.1` to `.3` and a channel hedging the
+    /// health check with [`fixed`] and `max_hedges(2)`.
+    async fn grpc_trio(net: u8) -> (Vec<GrpcPod>, DnsServer, Channel) {
+        let ips: Vec<IpAddr> = (1..=3)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
+            .collect();
+        let pods = GrpcPod::start_all(&ips).await.unwrap();
+        let dns = DnsServer::start().await.unwrap();
+        dns.set_ips(SERVICE, &ips, 1);
+        let channel = Channel::builder()
+            .nameserver(dns.addr())
+            .hedge(fixed().max_hedges(2))
+            .hedge_grpc_methods([CHECK])
+            .build(&format!("dns:///{SERVICE}:{}", pods[0].addr().port()))
+            .unwrap();
+        wait_for(Duration::from_secs(5), "three pods ready", || {
+            let stats = channel.stats().endpoints;
+            stats.len() == 3
+                && stats
+                    .iter()
+                    .all(|e| e.state == headless_lb::EndpointState::Ready)
+        })
+        .await;
+        (pods, dns, channel)
+    }
+
+    /// The recorded RPC is sent a third time, to the third pod, when its
+    /// first hedge is held on a second paused pod.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_a_second_hedge_answers_when_the_first_lands_on_a_stalled_pod_too() {
+        let _quiet = QUIET.lock().await;
+        let (times, extra) = a_second_stall(
+            async || grpc_trio(244).await,
+            |channel: &Channel| {
+                let channel = channel.clone();
+                tokio::spawn(
+                    async move { checks(&channel, BURST).await.iter().map(|a| a.1).collect() },
+                )
+            },
+            |channel: &Channel| channel.stats().hedging.unwrap().sent,
+        )
+        .await;
+        eprintln!(
+            "gRPC max_hedges(2): slowest {:?}, {extra} second hedges",
+            max_time(&times)
+        );
+        assert!(extra >= 1, "an RPC got a second hedge: {times:?}");
+        assert!(max_time(&times) < SLOW / 4, "{times:?}");
     }
 
     /// A listed method stuck on a slow pod is answered by the other; the
