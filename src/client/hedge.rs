@@ -928,6 +928,168 @@ mod tests {
         }
     }
 
+    // ----- the race, over scripted pods on a paused clock -----
+
+    /// What the `k`-th copy sent (to any pod) does: answer or fail after a
+    /// time, or hang.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Answer(Duration),
+        Fail(Duration),
+        Hang,
+    }
+
+    /// A pod whose answers follow a script shared by every pod, by the order
+    /// in which copies reach them; copies beyond the script hang. Its answer
+    /// is the copy's number.
+    #[derive(Clone)]
+    struct Scripted {
+        script: Arc<[Step]>,
+        calls: Arc<AtomicU64>,
+    }
+
+    impl tower::Service<u32> for Scripted {
+        type Response = u64;
+        type Error = BoxError;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: u32) -> Self::Future {
+            let k = self.calls.fetch_add(1, Ordering::SeqCst);
+            let step = self.script.get(k as usize).copied().unwrap_or(Step::Hang);
+            Box::pin(async move {
+                match step {
+                    Step::Answer(after) => {
+                        tokio::time::sleep(after).await;
+                        Ok(k)
+                    }
+                    Step::Fail(after) => {
+                        tokio::time::sleep(after).await;
+                        Err(format!("copy {k} failed").into())
+                    }
+                    Step::Hang => futures::future::pending().await,
+                }
+            })
+        }
+    }
+
+    const DELAY: Duration = Duration::from_millis(10);
+
+    /// Four scripted pods behind a balancer, and a hedging with a fixed
+    /// [`DELAY`] and `max_hedges`; the race of one request.
+    async fn race_of(
+        script: &[Step],
+        max_hedges: u32,
+    ) -> (
+        Arc<Hedging>,
+        impl Future<Output = Result<u64, BalanceError>>,
+    ) {
+        let pods = Scripted {
+            script: script.into(),
+            calls: Arc::new(AtomicU64::new(0)),
+        };
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        for i in 1..=4u8 {
+            let addr = std::net::SocketAddr::from(([10, 0, 0, i], 80));
+            tx.unbounded_send(Ok::<_, std::convert::Infallible>(
+                tower::discover::Change::Insert(addr, pods.clone()),
+            ))
+            .unwrap();
+        }
+        let balancer: Balancer<u32, Scripted> = crate::balance::Builder::new().build(rx);
+        // Let the background task take the pods in, without moving the clock.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(balancer.stats().len(), 4);
+        let policy = HedgePolicy::after(DELAY).budget(1.0).max_hedges(max_hedges);
+        let hedging = Arc::new(Hedging::new(&policy, Vec::new()));
+        let tried = Arc::new(Tried::default());
+        let primary = balancer.call_routed(7, Route::Tracked(tried.clone()));
+        let race = race(hedging.clone(), balancer, tried, primary, || Some(7));
+        // Keep the discovery stream open for as long as the race runs.
+        let race = async move {
+            let _tx = tx;
+            race.await
+        };
+        (hedging, race)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_hedge_goes_out_a_delay_after_the_last_up_to_the_most() {
+        use Step::*;
+        let script = [Hang, Hang, Hang, Answer(Duration::from_millis(1))];
+        let (hedging, race) = race_of(&script, 3).await;
+        let started = Instant::now();
+        let answer = tokio::time::timeout(100 * DELAY, race)
+            .await
+            .expect("the third hedge answers");
+        assert_eq!(answer.unwrap(), 3, "the third hedge's answer");
+        assert_eq!(started.elapsed(), 3 * DELAY + Duration::from_millis(1));
+        let stats = hedging.stats();
+        assert_eq!((stats.sent, stats.won, stats.refused), (3, 1, 0));
+
+        // One hedge fewer allowed: the answering copy is never sent.
+        let (hedging, race) = race_of(&script, 2).await;
+        assert!(
+            tokio::time::timeout(100 * DELAY, race).await.is_err(),
+            "every copy sent hangs"
+        );
+        assert_eq!(hedging.stats().sent, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hedge_goes_out_after_the_original_failed() {
+        use Step::*;
+        // The original fails between the first hedge and the second; the
+        // first hedge answers later.
+        let script = [Fail(DELAY * 3 / 2), Answer(DELAY * 3)];
+        let (hedging, race) = race_of(&script, 4).await;
+        let started = Instant::now();
+        assert_eq!(race.await.unwrap(), 1, "the hedge's answer");
+        assert_eq!(started.elapsed(), 4 * DELAY);
+        let stats = hedging.stats();
+        assert_eq!((stats.sent, stats.won), (1, 1), "{stats:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_hedge_is_ignored_and_every_copy_failed_is_the_originals_error() {
+        use Step::*;
+        // The first hedge fails at once; the second answers.
+        let script = [Hang, Fail(Duration::ZERO), Answer(Duration::from_millis(1))];
+        let (hedging, race) = race_of(&script, 2).await;
+        let answer = tokio::time::timeout(100 * DELAY, race)
+            .await
+            .expect("the second hedge answers");
+        assert_eq!(answer.unwrap(), 2);
+        assert_eq!(hedging.stats().sent, 2);
+
+        // All three fail, the original last: its error is returned.
+        let script = [
+            Fail(DELAY * 5),
+            Fail(Duration::ZERO),
+            Fail(Duration::from_millis(1)),
+        ];
+        let (hedging, race) = race_of(&script, 2).await;
+        let started = Instant::now();
+        let error = race.await.unwrap_err();
+        assert!(error.to_string().contains("copy 0 failed"), "{error}");
+        assert_eq!(started.elapsed(), 5 * DELAY);
+        assert_eq!(hedging.stats().won, 0);
+
+        // The original fails first, then the only hedge: the original's error.
+        let script = [Fail(DELAY * 2), Fail(DELAY * 2)];
+        let (_, race) = race_of(&script, 1).await;
+        let error = race.await.unwrap_err();
+        assert!(error.to_string().contains("copy 0 failed"), "{error}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_percentile_needs_evidence_then_follows_the_answers() {
         let policy = HedgePolicy::percentile(0.95, Duration::from_millis(2));
