@@ -966,8 +966,16 @@ async fn measure_stalling_pods_with_and_without_hedging() {
             "after 10 ms",
             Some(HedgePolicy::after(Duration::from_millis(10))),
         ),
+        (
+            "after 10 ms, 2",
+            Some(HedgePolicy::after(Duration::from_millis(10)).max_hedges(2)),
+        ),
         ("auto (p95)", Some(HedgePolicy::auto())),
         ("auto, burst 50", Some(HedgePolicy::auto().burst(50))),
+        (
+            "auto, 50, 2",
+            Some(HedgePolicy::auto().burst(50).max_hedges(2)),
+        ),
     ];
     for (name, policy) in policies {
         let mut builder = Client::builder()
