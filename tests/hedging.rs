@@ -165,6 +165,25 @@ fn slowest(answers: &[Answer]) -> Duration {
     answers.iter().map(|a| a.took).max().unwrap_or_default()
 }
 
+/// `127.0.net.1` to `127.0.net.n`.
+fn ips(net: u8, n: u8) -> Vec<IpAddr> {
+    (1..=n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
+        .collect()
+}
+
+/// Waits until `endpoints` lists `n` pods, all Ready.
+async fn all_ready(n: usize, endpoints: impl Fn() -> Vec<headless_lb::EndpointStats>) {
+    wait_for(Duration::from_secs(5), "every pod ready", || {
+        let stats = endpoints();
+        stats.len() == n
+            && stats
+                .iter()
+                .all(|e| e.state == headless_lb::EndpointState::Ready)
+    })
+    .await;
+}
+
 fn fixed() -> HedgePolicy {
     HedgePolicy::after(HEDGE_AFTER)
         .budget(1.0)
@@ -242,17 +261,24 @@ trait Stalls {
     fn requests(&self) -> u64;
 }
 
-impl Stalls for Pod {
-    fn pause_for(&self, pause: Duration) {
-        Pod::pause_for(self, pause)
-    }
-    fn in_flight(&self) -> u64 {
-        Pod::in_flight(self)
-    }
-    fn requests(&self) -> u64 {
-        Pod::requests(self)
-    }
+/// [`Stalls`] for a test pod type, whose inherent methods of those names it calls.
+macro_rules! stalls {
+    ($pod:ty) => {
+        impl Stalls for $pod {
+            fn pause_for(&self, pause: Duration) {
+                <$pod>::pause_for(self, pause)
+            }
+            fn in_flight(&self) -> u64 {
+                <$pod>::in_flight(self)
+            }
+            fn requests(&self) -> u64 {
+                <$pod>::requests(self)
+            }
+        }
+    };
 }
+
+stalls!(Pod);
 
 /// Three pods; a burst of requests while the first pod is paused, and the
 /// second pod paused once only the first still holds requests: the hedges
@@ -318,9 +344,7 @@ async fn a_second_stall<P: Stalls, C>(
 /// Three HTTP/2 pods on `127.0.net.1` to `.3` and a client hedging with
 /// [`fixed`] and `max_hedges`.
 async fn http_trio(net: u8, max_hedges: u32) -> (Vec<Pod>, DnsServer, Client) {
-    let ips: Vec<IpAddr> = (1..=3)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
-        .collect();
+    let ips = ips(net, 3);
     let pods = Pod::start_all(&ips).await.unwrap();
     let dns = DnsServer::start().await.unwrap();
     dns.set_ips(SERVICE, &ips, 1);
@@ -330,14 +354,7 @@ async fn http_trio(net: u8, max_hedges: u32) -> (Vec<Pod>, DnsServer, Client) {
         .hedge(fixed().max_hedges(max_hedges))
         .build(&format!("{SERVICE}:{}", pods[0].addr().port()))
         .unwrap();
-    wait_for(Duration::from_secs(5), "three pods ready", || {
-        let stats = client.stats().endpoints;
-        stats.len() == 3
-            && stats
-                .iter()
-                .all(|e| e.state == headless_lb::EndpointState::Ready)
-    })
-    .await;
+    all_ready(3, || client.stats().endpoints).await;
     (pods, dns, client)
 }
 
@@ -788,24 +805,12 @@ mod grpc {
         out
     }
 
-    impl Stalls for GrpcPod {
-        fn pause_for(&self, pause: Duration) {
-            GrpcPod::pause_for(self, pause)
-        }
-        fn in_flight(&self) -> u64 {
-            GrpcPod::in_flight(self)
-        }
-        fn requests(&self) -> u64 {
-            GrpcPod::requests(self)
-        }
-    }
+    stalls!(GrpcPod);
 
     /// Three gRPC pods on `127.0.net.1` to `.3` and a channel hedging the
     /// health check with [`fixed`] and `max_hedges(2)`.
     async fn grpc_trio(net: u8) -> (Vec<GrpcPod>, DnsServer, Channel) {
-        let ips: Vec<IpAddr> = (1..=3)
-            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, net, i)))
-            .collect();
+        let ips = ips(net, 3);
         let pods = GrpcPod::start_all(&ips).await.unwrap();
         let dns = DnsServer::start().await.unwrap();
         dns.set_ips(SERVICE, &ips, 1);
@@ -815,14 +820,7 @@ mod grpc {
             .hedge_grpc_methods([CHECK])
             .build(&format!("dns:///{SERVICE}:{}", pods[0].addr().port()))
             .unwrap();
-        wait_for(Duration::from_secs(5), "three pods ready", || {
-            let stats = channel.stats().endpoints;
-            stats.len() == 3
-                && stats
-                    .iter()
-                    .all(|e| e.state == headless_lb::EndpointState::Ready)
-        })
-        .await;
+        all_ready(3, || channel.stats().endpoints).await;
         (pods, dns, channel)
     }
 
