@@ -24,6 +24,18 @@ async fn four_pods(latency: Duration, warm_up: usize) -> (Lb, Tx, Vec<Pod>) {
     (lb, tx, pods)
 }
 
+/// The fourth pod, back from its `what` (pause, stall), took at least a
+/// fifth of `calls` (each pod's count 0.25–0.5 s after).
+fn assert_fourth_pod_back(calls: &[usize], what: &str) {
+    let share = calls[3] as f64 / calls.iter().sum::<usize>() as f64;
+    eprintln!("0.25–0.5 s after the {what}: calls {calls:?}");
+    assert!(
+        share >= 0.2,
+        "0.25–0.5 s after its {what} the pod took {:.1} % (calls {calls:?})",
+        share * 100.0
+    );
+}
+
 /// How many requests each pod got over the next `window`.
 async fn calls_over(pods: &[Pod], window: Duration) -> Vec<usize> {
     let before: Vec<_> = pods.iter().map(Pod::calls).collect();
@@ -163,13 +175,7 @@ async fn a_pod_back_from_a_short_pause_gets_its_share_back_within_a_quarter_seco
     assert_eq!(callers.given_up(), 0);
     drop(callers);
 
-    let share = calls[3] as f64 / calls.iter().sum::<usize>() as f64;
-    eprintln!("0.25–0.5 s after the pause: calls {calls:?}");
-    assert!(
-        share >= 0.2,
-        "0.25–0.5 s after its pause the pod took {:.1} % (calls {calls:?})",
-        share * 100.0
-    );
+    assert_fourth_pod_back(&calls, "pause");
 }
 
 /// `n` callers sending requests in a row, each given up after `deadline`
@@ -282,13 +288,7 @@ async fn a_pod_that_answers_again_after_a_stall_its_callers_gave_up_on_soon_gets
     let calls = calls_over(&pods, 250 * MS).await;
     drop(callers);
 
-    let share = calls[3] as f64 / calls.iter().sum::<usize>() as f64;
-    eprintln!("0.25–0.5 s after the stall: calls {calls:?}");
-    assert!(
-        share >= 0.2,
-        "0.25–0.5 s after its stall the pod took {:.1} % (calls {calls:?})",
-        share * 100.0
-    );
+    assert_fourth_pod_back(&calls, "stall");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

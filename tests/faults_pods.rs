@@ -366,6 +366,53 @@ async fn a_hung_pod_times_out_and_is_avoided(protocol: Protocol, net: u8) {
     }
 }
 
+both_protocols!(a_hung_pod_whose_requests_time_out_gets_only_probes, 122);
+
+/// Three pods answering in 10 ms, one of which hangs, and a request
+/// timeout of 30 ms, not far above the pods' latency; 8 workers for 3 s. A
+/// request that timed out is no answer, so the pod's silence keeps
+/// counting: after the requests it held when it stopped, it gets only
+/// probes, at intervals that grow with its silence (about 0.03, 0.09, 0.2,
+/// 0.45, 0.9, 1.8 s). Were each timeout counted as an answer, the pod would
+/// look fresh again each time, a 30 ms estimate against the others' 10 ms ×
+/// their pending requests, and take a share of the requests all along.
+async fn a_hung_pod_whose_requests_time_out_gets_only_probes(protocol: Protocol, net: u8) {
+    let OneHung {
+        pods,
+        client,
+        hung,
+        _dns,
+        ..
+    } = one_hung(
+        protocol,
+        net,
+        Duration::from_millis(30),
+        Duration::from_millis(10),
+    )
+    .await;
+
+    let load = Load::start(&client, 8, None);
+    // The scenario's own length: 3 s of load against the hung pod.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcomes = load.finish().await;
+    pods[0].set_hang(false);
+
+    let failed = failures(&outcomes);
+    let hung_stats = stats_of(&client, hung);
+    eprintln!(
+        "{protocol:?}: {} requests, {} timed out; hung pod: {hung_stats:?}",
+        outcomes.len(),
+        failed.len()
+    );
+    assert_only_the_hung_pods_requests_timed_out(&failed, &hung_stats);
+    // At most the 8 it held when it stopped, and 6 probes.
+    assert!(
+        hung_stats.requests <= 14,
+        "the hung pod got {} requests in 3 s",
+        hung_stats.requests
+    );
+}
+
 // ===== a pod answering 503 =====
 
 /// One of three pods answers 503 to everything; 900 requests at concurrency
@@ -415,53 +462,6 @@ async fn a_pod_answering_503_is_returned_not_retried_and_counted() {
 }
 
 // ===== a pod resetting mid-response =====
-
-both_protocols!(a_hung_pod_whose_requests_time_out_gets_only_probes, 122);
-
-/// Three pods answering in 10 ms, one of which hangs, and a request
-/// timeout of 30 ms, not far above the pods' latency; 8 workers for 3 s. A
-/// request that timed out is no answer, so the pod's silence keeps
-/// counting: after the requests it held when it stopped, it gets only
-/// probes, at intervals that grow with its silence (about 0.03, 0.09, 0.2,
-/// 0.45, 0.9, 1.8 s). Were each timeout counted as an answer, the pod would
-/// look fresh again each time, a 30 ms estimate against the others' 10 ms ×
-/// their pending requests, and take a share of the requests all along.
-async fn a_hung_pod_whose_requests_time_out_gets_only_probes(protocol: Protocol, net: u8) {
-    let OneHung {
-        pods,
-        client,
-        hung,
-        _dns,
-        ..
-    } = one_hung(
-        protocol,
-        net,
-        Duration::from_millis(30),
-        Duration::from_millis(10),
-    )
-    .await;
-
-    let load = Load::start(&client, 8, None);
-    // The scenario's own length: 3 s of load against the hung pod.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let outcomes = load.finish().await;
-    pods[0].set_hang(false);
-
-    let failed = failures(&outcomes);
-    let hung_stats = stats_of(&client, hung);
-    eprintln!(
-        "{protocol:?}: {} requests, {} timed out; hung pod: {hung_stats:?}",
-        outcomes.len(),
-        failed.len()
-    );
-    assert_only_the_hung_pods_requests_timed_out(&failed, &hung_stats);
-    // At most the 8 it held when it stopped, and 6 probes.
-    assert!(
-        hung_stats.requests <= 14,
-        "the hung pod got {} requests in 3 s",
-        hung_stats.requests
-    );
-}
 
 both_protocols!(a_pod_resetting_mid_response_fails_only_its_requests, 114);
 

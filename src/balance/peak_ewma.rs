@@ -412,15 +412,21 @@ mod tests {
         assert_eq!(ewma.measured_ns(Instant::now()), Some(3.0 * MS));
     }
 
+    /// Advances the paused clock to just before `after` from now, where no
+    /// probe is due yet, then to `after`, where one is.
+    async fn assert_probe_due_after(ewma: &PeakEwma, after: Duration, why: &str) {
+        tokio::time::advance(after - Duration::from_nanos(1)).await;
+        assert!(!ewma.probe_due(0, Instant::now()), "too soon: {why}");
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(ewma.probe_due(0, Instant::now()), "{why}");
+    }
+
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn an_idle_measured_endpoint_is_due_a_probe_after_a_tenth_of_the_decay() {
         let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
         assert!(!ewma.probe_due(0, Instant::now()), "unmeasured: no probe");
         ewma.observe(Duration::from_secs(2), Instant::now());
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(ewma.probe_due(0, Instant::now()));
+        assert_probe_due_after(&ewma, Duration::from_secs(1), "a tenth of the decay").await;
         assert!(
             !ewma.probe_due(1, Instant::now()),
             "not with a request in flight"
@@ -432,21 +438,17 @@ mod tests {
         let ewma = PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10));
         ewma.observe(Duration::from_millis(2), Instant::now());
         ewma.observe_silence(Duration::from_millis(80), Instant::now());
-        tokio::time::advance(Duration::from_millis(79)).await;
-        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(
-            ewma.probe_due(0, Instant::now()),
-            "80 ms after an 80 ms bound"
-        );
+        assert_probe_due_after(
+            &ewma,
+            Duration::from_millis(80),
+            "80 ms after an 80 ms bound",
+        )
+        .await;
         // Given up again, later: the interval is the new, longer bound,
         // whatever the probes so far.
         ewma.start_probe(Instant::now());
         ewma.observe_silence(Duration::from_millis(300), Instant::now());
-        tokio::time::advance(Duration::from_millis(299)).await;
-        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(ewma.probe_due(0, Instant::now()));
+        assert_probe_due_after(&ewma, Duration::from_millis(300), "the new bound").await;
         // A slow answer to a probe is a measurement: back on the `decay /
         // 10` schedule (4 s after two probes).
         ewma.start_probe(Instant::now());
@@ -466,21 +468,17 @@ mod tests {
         ewma.observe(Duration::from_millis(80), Instant::now());
         ewma.observe(Duration::from_millis(60), Instant::now());
         let estimate = ewma.estimate_ns(Instant::now());
-        tokio::time::advance(Duration::from_nanos(estimate as u64 - 1)).await;
-        assert!(!ewma.probe_due(0, Instant::now()), "too soon");
-        tokio::time::advance(Duration::from_nanos(1)).await;
-        assert!(
-            ewma.probe_due(0, Instant::now()),
-            "about 80 ms after the spike"
-        );
+        assert_probe_due_after(
+            &ewma,
+            Duration::from_nanos(estimate as u64),
+            "about 80 ms after the spike",
+        )
+        .await;
         // The probe finds the pod slow still: 40 ms is no spike against
         // 78 ms, and the next probe is on the slow schedule.
         ewma.start_probe(Instant::now());
         ewma.observe(Duration::from_millis(40), Instant::now());
-        tokio::time::advance(Duration::from_millis(1_999)).await;
-        assert!(!ewma.probe_due(0, Instant::now()), "2 s after one probe");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(ewma.probe_due(0, Instant::now()));
+        assert_probe_due_after(&ewma, Duration::from_secs(2), "2 s after one probe").await;
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
