@@ -1,5 +1,6 @@
 //! The request path: pick, wait, send, retry what was never sent.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -197,133 +198,145 @@ impl Tried {
 /// next reconnect or a discovery change), so that none loops on a dead pod;
 /// a request goes back to one only when it has no other, e.g. a service of
 /// one pod whose connection closed.
-pub(crate) async fn dispatch<Req, S, C>(
+///
+/// A plain `fn` returning an `async move` block, not an `async fn`: an
+/// `async fn` stores its arguments twice in its future (as arguments and as
+/// the locals they are moved into), and every request's future is moved
+/// and boxed whole. For the same reason the rare waits (for an endpoint,
+/// for a retry's endpoint) are boxed where they happen, instead of taking
+/// room in every request's future.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice (see above)"
+)]
+pub(crate) fn dispatch<Req, S, C>(
     balancer: Balancer<Req, S, C>,
     mut request: Req,
     mut route: Route<S>,
-) -> Result<C::Output, BalanceError>
+) -> impl Future<Output = Result<C::Output, BalanceError>> + Send + 'static
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
     Req: Send + 'static,
     C: Completion<S::Response>,
+    C::Output: Send + 'static,
 {
-    let config = &balancer.inner.config;
-    let mut deadline = None;
-    // The error of the last attempt, which was never sent; `None` on the first.
-    let mut unsent: Option<BalanceError> = None;
-    // Retries on endpoints the request had already tried (≤ max_retries).
-    let mut repeats = 0;
-    loop {
-        // When the endpoint was picked, if it was picked without waiting:
-        // the request's send time too when the endpoint is ready at once
-        // (one clock read for both; they are nanoseconds apart).
-        let mut picked_at = None;
-        let endpoint = match unsent.take() {
-            None => {
-                let now = Instant::now();
-                match route.first(&balancer.inner.shared, now) {
-                    Some(endpoint) => {
-                        picked_at = Some(now);
-                        endpoint
+    async move {
+        let config = &balancer.inner.config;
+        let mut deadline = None;
+        // The error of the last attempt, which was never sent; `None` on the first.
+        let mut unsent: Option<BalanceError> = None;
+        // Retries on endpoints the request had already tried (≤ max_retries).
+        let mut repeats = 0;
+        loop {
+            // When the endpoint was picked, if it was picked without waiting:
+            // the request's send time too when the endpoint is ready at once
+            // (one clock read for both; they are nanoseconds apart).
+            let mut picked_at = None;
+            let endpoint = match unsent.take() {
+                None => {
+                    let now = Instant::now();
+                    match route.first(&balancer.inner.shared, now) {
+                        Some(endpoint) => {
+                            picked_at = Some(now);
+                            endpoint
+                        }
+                        // Picked after a wait: its send time is read after it.
+                        None if route.may_wait() => {
+                            Box::pin(wait_for_endpoint(&balancer, &mut deadline, &mut route))
+                                .await?
+                        }
+                        None => return Err(no_other_endpoint(&balancer)),
                     }
-                    // Picked after a wait: its send time is read after it.
-                    None if route.may_wait() => {
-                        wait_for_endpoint(&balancer, &mut deadline, &mut route).await?
-                    }
-                    None => return Err(no_other_endpoint(&balancer)),
                 }
-            }
-            Some(error) => {
-                match retry_endpoint(&balancer, &mut route, &mut deadline, &mut repeats).await {
-                    Some(endpoint) => {
-                        config.metrics.retry();
-                        tracing::debug!(endpoint = %endpoint.addr, after = %error, repeats, "retrying a request that was never sent");
-                        endpoint
+                Some(error) => {
+                    let retry = retry_endpoint(&balancer, &mut route, &mut deadline, &mut repeats);
+                    match Box::pin(retry).await {
+                        Some(endpoint) => {
+                            config.metrics.retry();
+                            tracing::debug!(endpoint = %endpoint.addr, after = %error, repeats, "retrying a request that was never sent");
+                            endpoint
+                        }
+                        None => return Err(error),
                     }
-                    None => return Err(error),
                 }
-            }
-        };
-        let addr = endpoint.addr;
-        crate::metrics::record_endpoint(addr);
-        // Pending from the pick on, so that concurrent picks see this one.
-        let guard = PendingGuard::new(endpoint.clone());
-        let mut service = endpoint.service.clone();
+            };
+            let addr = endpoint.addr;
+            crate::metrics::record_endpoint(addr);
+            // Pending from the pick on, so that concurrent picks see this one.
+            let guard = PendingGuard::new(endpoint.clone());
+            let mut service = endpoint.service.clone();
 
-        let mut at_once = true;
-        let ready = std::future::poll_fn(|cx| {
-            let ready = service.poll_ready(cx);
-            at_once &= ready.is_ready();
-            ready
-        });
-        if let Err(error) = ready.await {
-            let error = error.into();
-            unsent_failure(&balancer, &endpoint, &guard, &error);
-            route.not_sent_on(addr);
-            unsent = Some(endpoint_error(&endpoint, true, error));
-            continue;
-        }
-
-        endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
-        let sent_at = match picked_at {
-            Some(picked_at) if at_once => picked_at,
-            _ => Instant::now(),
-        };
-        let waiting = Waiting::start(&endpoint.load, sent_at, route.tried());
-        let abandoned = Abandoned {
-            guard: &guard,
-            sent_at,
-            race: route.tried(),
-        };
-        let result = service.call(request).await;
-        // One clock read ends the wait and times the round trip.
-        let now = Instant::now();
-        std::mem::forget(abandoned);
-        waiting.end(now);
-        match result {
-            Ok(response) => {
-                endpoint
-                    .load
-                    .rtt
-                    .observe(now.saturating_duration_since(sent_at), now);
-                endpoint
-                    .load
-                    .metrics
-                    .rtt(now.saturating_duration_since(sent_at));
-                return Ok(balancer.completion.complete(response, guard));
-            }
-            Err(error) => {
+            let mut at_once = true;
+            let ready = std::future::poll_fn(|cx| {
+                let ready = service.poll_ready(cx);
+                at_once &= ready.is_ready();
+                ready
+            });
+            if let Err(error) = ready.await {
                 let error = error.into();
-                let Some(not_sent) = NotSent::<Req>::find(&*error) else {
-                    guard.record_failure();
-                    if is_broken_connection(&*error) {
-                        endpoint_failed(config, addr);
-                    }
-                    if crate::http::is_peer_timeout(&*error) {
-                        // The connection timed out under the request: the pod's
-                        // kernel stopped acknowledging (a black-holed IP, a lost
-                        // node). Every request on it fails the same way, so stop
-                        // picking it now and let the background task reconnect
-                        // (each attempt ends at `connect_timeout` with no request
-                        // waiting on it), instead of waiting for failure accrual
-                        // or sending the next request into a new connect.
-                        endpoint.mark_unhealthy();
-                    }
-                    warn_failure(&balancer, &endpoint, &error, "request failed");
-                    return Err(endpoint_error(&endpoint, false, error));
-                };
-                let returned = not_sent.take_request();
                 unsent_failure(&balancer, &endpoint, &guard, &error);
-                let error = endpoint_error(&endpoint, true, error);
-                // A `NotSent` without the request cannot be retried.
-                let Some(again) = returned else {
-                    return Err(error);
-                };
-                request = again;
                 route.not_sent_on(addr);
-                unsent = Some(error);
+                unsent = Some(endpoint_error(&endpoint, true, error));
+                continue;
+            }
+
+            endpoint.load.requests.fetch_add(1, Ordering::Relaxed);
+            let sent_at = match picked_at {
+                Some(picked_at) if at_once => picked_at,
+                _ => Instant::now(),
+            };
+            let waiting = Waiting::start(&endpoint.load, sent_at, route.tried());
+            let abandoned = Abandoned {
+                guard: &guard,
+                sent_at,
+                race: route.tried(),
+            };
+            let result = service.call(request).await;
+            // One clock read ends the wait and times the round trip.
+            let now = Instant::now();
+            std::mem::forget(abandoned);
+            let now_ns = endpoint.load.since_epoch(now);
+            waiting.end(now_ns);
+            match result {
+                Ok(response) => {
+                    let rtt = now.saturating_duration_since(sent_at);
+                    endpoint.load.rtt.observe_at(rtt, now_ns);
+                    endpoint.load.metrics.rtt(rtt);
+                    return Ok(balancer.completion.complete(response, guard));
+                }
+                Err(error) => {
+                    let error = error.into();
+                    let Some(not_sent) = NotSent::<Req>::find(&*error) else {
+                        guard.record_failure();
+                        if is_broken_connection(&*error) {
+                            endpoint_failed(config, addr);
+                        }
+                        if crate::http::is_peer_timeout(&*error) {
+                            // The connection timed out under the request: the pod's
+                            // kernel stopped acknowledging (a black-holed IP, a lost
+                            // node). Every request on it fails the same way, so stop
+                            // picking it now and let the background task reconnect
+                            // (each attempt ends at `connect_timeout` with no request
+                            // waiting on it), instead of waiting for failure accrual
+                            // or sending the next request into a new connect.
+                            endpoint.mark_unhealthy();
+                        }
+                        warn_failure(&balancer, &endpoint, &error, "request failed");
+                        return Err(endpoint_error(&endpoint, false, error));
+                    };
+                    let returned = not_sent.take_request();
+                    unsent_failure(&balancer, &endpoint, &guard, &error);
+                    let error = endpoint_error(&endpoint, true, error);
+                    // A `NotSent` without the request cannot be retried.
+                    let Some(again) = returned else {
+                        return Err(error);
+                    };
+                    request = again;
+                    route.not_sent_on(addr);
+                    unsent = Some(error);
+                }
             }
         }
     }
@@ -345,9 +358,10 @@ impl<'a> Waiting<'a> {
         Self { load, race }
     }
 
-    /// The answer (or an error) arrived at `now`.
-    fn end(self, now: Instant) {
-        self.load.wait_answered(now);
+    /// The answer (or an error) arrived at `now_ns` (the endpoint's
+    /// [`Load::since_epoch`]).
+    fn end(self, now_ns: u64) {
+        self.load.wait_answered_at(now_ns);
         std::mem::forget(self);
     }
 }

@@ -226,27 +226,30 @@ impl<S> Endpoint<S> {
             a.load.pending.load(Ordering::Relaxed),
             b.load.pending.load(Ordering::Relaxed),
         );
-        let measured = |e: &Self, pending: usize| {
-            if e.load.rtt.probe_due(pending, now) {
+        // Each endpoint's clock, read once for the whole comparison.
+        let (now_a, now_b) = (a.load.since_epoch(now), b.load.since_epoch(now));
+        let measured = |e: &Self, pending: usize, now_ns: u64| {
+            if e.load.rtt.probe_due_at(pending, now_ns) {
                 None
             } else {
-                e.load.rtt.measured_ns(now)
+                e.load.rtt.measured_at(now_ns)
             }
         };
-        let (rtt_a, rtt_b, both_measured) = match (measured(a, pending_a), measured(b, pending_b)) {
-            (Some(ra), Some(rb)) => (ra, rb, true),
-            (Some(r), None) | (None, Some(r)) => (r, r, false),
-            (None, None) => (
-                a.load.rtt.estimate_ns(now),
-                b.load.rtt.estimate_ns(now),
-                false,
-            ),
-        };
+        let (rtt_a, rtt_b, both_measured) =
+            match (measured(a, pending_a, now_a), measured(b, pending_b, now_b)) {
+                (Some(ra), Some(rb)) => (ra, rb, true),
+                (Some(r), None) | (None, Some(r)) => (r, r, false),
+                (None, None) => (
+                    a.load.rtt.estimate_at(now_a),
+                    b.load.rtt.estimate_at(now_b),
+                    false,
+                ),
+            };
         // A request already waiting longer than the estimate will take at
         // least that long: a stalled endpoint looks slower by the moment.
         let (rtt_a, rtt_b) = (
-            rtt_a.max(a.load.waited_ns(now)),
-            rtt_b.max(b.load.waited_ns(now)),
+            rtt_a.max(a.load.waited_at(now_a)),
+            rtt_b.max(b.load.waited_at(now_b)),
         );
         let cost = |rtt: f64, pending: usize| (rtt + 1.0) * (pending as f64 + 1.0);
         let (cost_a, cost_b) = (cost(rtt_a, pending_a), cost(rtt_b, pending_b));
@@ -257,7 +260,14 @@ impl<S> Endpoint<S> {
         };
         if both_measured {
             chosen.load.rtt.competitive();
-        } else if chosen.load.rtt.probe_due(pending, now) {
+        } else if chosen.load.rtt.probe_due_at(
+            pending,
+            if std::ptr::eq(chosen, a) {
+                now_a
+            } else {
+                now_b
+            },
+        ) {
             chosen.load.rtt.start_probe(now);
         }
         (chosen, cost_a, cost_b)
@@ -288,7 +298,7 @@ impl<S> fmt::Debug for Endpoint<S> {
 // ===== impl Load =====
 
 impl Load {
-    fn since_epoch(&self, now: Instant) -> u64 {
+    pub(crate) fn since_epoch(&self, now: Instant) -> u64 {
         self.rtt.since_epoch(now)
     }
 
@@ -307,21 +317,30 @@ impl Load {
 
     /// A request's wait ended with an answer from the pod: its response, or
     /// an error.
+    #[cfg(test)]
     pub(crate) fn wait_answered(&self, now: Instant) {
+        self.wait_answered_at(self.since_epoch(now));
+    }
+
+    /// [`wait_answered`](Self::wait_answered) at `now_ns` ([`since_epoch`](Self::since_epoch)).
+    pub(crate) fn wait_answered_at(&self, now_ns: u64) {
         // Loaded first: a store on every response would be a write to a
         // line the picks read.
         if self.owed.load(Ordering::Relaxed) {
             self.owed.store(false, Ordering::Relaxed);
         }
-        self.wait_cancelled(now);
+        self.wait_cancelled_at(now_ns);
     }
 
     /// A hedged copy's wait ended because the other copy answered first:
     /// like an answer for the pod's silence (a race lost says only that
     /// another pod was faster this once), and it settles nothing owed.
     pub(crate) fn wait_cancelled(&self, now: Instant) {
-        self.answered_ns
-            .store(self.since_epoch(now), Ordering::Relaxed);
+        self.wait_cancelled_at(self.since_epoch(now));
+    }
+
+    fn wait_cancelled_at(&self, now_ns: u64) {
+        self.answered_ns.store(now_ns, Ordering::Relaxed);
         self.awaiting.fetch_sub(1, Ordering::Release);
     }
 
@@ -344,11 +363,17 @@ impl Load {
     /// request is still waiting and has waited at least this long (longer,
     /// after requests given up, which count as unanswered). Cost: three
     /// atomic loads, no per-request bookkeeping beyond two counters.
+    #[cfg(test)]
     pub(crate) fn waited_ns(&self, now: Instant) -> f64 {
+        self.waited_at(self.since_epoch(now))
+    }
+
+    /// [`waited_ns`](Self::waited_ns) at `now_ns` ([`since_epoch`](Self::since_epoch)).
+    pub(crate) fn waited_at(&self, now_ns: u64) -> f64 {
         if self.awaiting.load(Ordering::Acquire) == 0 {
             return 0.0;
         }
-        self.silence_ns(now) as f64
+        self.silence_at(now_ns) as f64
     }
 
     /// How long, in nanoseconds, the pod has been silent while it owed an
@@ -359,11 +384,15 @@ impl Load {
     /// while a request waits (see [`waited_ns`](Self::waited_ns)), or for
     /// one being given up.
     pub(crate) fn silence_ns(&self, now: Instant) -> u64 {
+        self.silence_at(self.since_epoch(now))
+    }
+
+    fn silence_at(&self, now_ns: u64) -> u64 {
         let since = self
             .busy_since_ns
             .load(Ordering::Relaxed)
             .max(self.answered_ns.load(Ordering::Relaxed));
-        self.since_epoch(now).saturating_sub(since)
+        now_ns.saturating_sub(since)
     }
 
     /// Counts one failed request; true when it completes a run of

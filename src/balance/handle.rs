@@ -141,7 +141,8 @@ where
         &self,
         request: Req,
         route: Route<S>,
-    ) -> impl Future<Output = Result<C::Output, BalanceError>> + Send + 'static {
+    ) -> impl Future<Output = Result<C::Output, BalanceError>> + Send + 'static + use<Req, S, C>
+    {
         let span = crate::metrics::request_span(&self.inner.config.target);
         tracing::Instrument::instrument(dispatch(self.clone(), request, route), span)
     }

@@ -165,11 +165,18 @@ impl PeakEwma {
     /// True when the endpoint, idle (`pending == 0`), is due a probe: it was
     /// measured, nothing was observed for the probe interval, and the last
     /// probe is at least that long ago.
+    #[cfg(test)]
     pub(crate) fn probe_due(&self, pending: usize, now: Instant) -> bool {
+        pending == 0
+            && self.measured.load(Ordering::Relaxed)
+            && self.probe_due_at(pending, self.since_epoch(now))
+    }
+
+    /// [`probe_due`](Self::probe_due) at `now_ns` ([`since_epoch`](Self::since_epoch)).
+    pub(crate) fn probe_due_at(&self, pending: usize, now_ns: u64) -> bool {
         if pending != 0 || !self.measured.load(Ordering::Relaxed) {
             return false;
         }
-        let now_ns = self.since_epoch(now);
         let interval = self.probe_interval_ns();
         let quiet_since = self
             .stamp_ns
@@ -202,30 +209,49 @@ impl PeakEwma {
 
     /// The estimate at `now`, in nanoseconds.
     pub(crate) fn estimate_ns(&self, now: Instant) -> f64 {
+        self.estimate_at(self.since_epoch(now))
+    }
+
+    /// [`estimate_ns`](Self::estimate_ns) at `now_ns` ([`since_epoch`](Self::since_epoch)).
+    pub(crate) fn estimate_at(&self, now_ns: u64) -> f64 {
         let rtt = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
-        let elapsed = self.since_epoch(now).saturating_sub(stamp) as f64;
+        let elapsed = now_ns.saturating_sub(stamp) as f64;
         rtt * decay(elapsed / self.decay_ns)
     }
 
     /// The estimate at `now` if at least one RTT was observed; `None` while
     /// the estimate is still the prior.
+    #[cfg(test)]
     pub(crate) fn measured_ns(&self, now: Instant) -> Option<f64> {
+        self.measured_at(self.since_epoch(now))
+    }
+
+    /// The estimate at `now_ns` ([`since_epoch`](Self::since_epoch)) if at
+    /// least one RTT was observed; `None` while the estimate is still the
+    /// prior.
+    pub(crate) fn measured_at(&self, now_ns: u64) -> Option<f64> {
         self.measured
             .load(Ordering::Relaxed)
-            .then(|| self.estimate_ns(now))
+            .then(|| self.estimate_at(now_ns))
     }
 
     /// Folds one observed round-trip time into the estimate.
+    #[cfg(test)]
     pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
-        self.fold(rtt, now, Fold::Answer);
+        self.observe_at(rtt, self.since_epoch(now));
+    }
+
+    /// [`observe`](Self::observe) at `now_ns` ([`since_epoch`](Self::since_epoch)).
+    pub(crate) fn observe_at(&self, rtt: Duration, now_ns: u64) {
+        self.fold(rtt, now_ns, Fold::Answer);
     }
 
     /// Folds in a lower bound of a round-trip time (a hedged copy that lost
     /// its race): it can raise the estimate, as a peak, but never lower it,
     /// and a bound below the estimate is no measurement.
     pub(crate) fn observe_at_least(&self, bound: Duration, now: Instant) {
-        self.fold(bound, now, Fold::Bound);
+        self.fold(bound, self.since_epoch(now), Fold::Bound);
     }
 
     /// Folds in how long the pod has been silent, as
@@ -233,7 +259,7 @@ impl PeakEwma {
     /// given up unanswered); an estimate it raises is probed after as long
     /// as itself.
     pub(crate) fn observe_silence(&self, silence: Duration, now: Instant) {
-        self.fold(silence, now, Fold::Silence);
+        self.fold(silence, self.since_epoch(now), Fold::Silence);
     }
 
     /// Forgets every observation: the estimate is `prior` again, unmeasured.
@@ -248,12 +274,11 @@ impl PeakEwma {
         self.probe_doublings.store(0, Ordering::Relaxed);
     }
 
-    fn fold(&self, rtt: Duration, now: Instant, kind: Fold) {
+    fn fold(&self, rtt: Duration, now_ns: u64, kind: Fold) {
         let lower_bound = kind != Fold::Answer;
         let _serialise = lock(&self.update);
         let prior = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
-        let now_ns = self.since_epoch(now);
         let rtt = nanos(rtt);
         // A probe's answer (or its abandonment) ends the probe.
         // (Loaded first: a swap is a locked write on every response.)
@@ -295,7 +320,9 @@ impl PeakEwma {
     }
 
     /// Nanoseconds from the estimate's creation to `now`: the endpoint's
-    /// clock, which its other timestamps share (see `Load`).
+    /// clock, which its other timestamps share (see `Load`). Read once per
+    /// step of a request and passed to the `*_at` methods: the conversion
+    /// costs more than the arithmetic it feeds.
     pub(crate) fn since_epoch(&self, now: Instant) -> u64 {
         // u64 nanoseconds last 584 years.
         now.saturating_duration_since(self.epoch).as_nanos() as u64

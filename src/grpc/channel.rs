@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::Either;
+use futures::{FutureExt, TryFutureExt};
 use tower::layer::util::Identity;
 
 use super::body::{CompleteOnStreamEnd, ResponseBody};
@@ -207,8 +208,9 @@ impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for
         });
         let (replay, request) = Replay::record(request, hedging.is_some());
         let balancer = self.inner.balancer.clone();
-        let call = match hedging {
-            None => Either::Left(send(balancer, request, replay, None)),
+        let target = self.inner.target_name();
+        match hedging {
+            None => finish(send(balancer, request, replay, None), deadline, target),
             Some(hedging) => {
                 // The hedge is the recorded RPC again: sent only if the
                 // body was recorded whole by the time the delay is up.
@@ -220,24 +222,36 @@ impl<S: HttpService<RequestBody>> tower::Service<http::Request<RequestBody>> for
                     replay.clone(),
                     Some(tried.clone()),
                 );
-                Either::Right(race(hedging, balancer, tried, primary, move || {
-                    replay.again()
-                }))
+                let call = race(hedging, balancer, tried, primary, move || replay.again());
+                finish(call, deadline, target)
             }
-        };
-        let Some(after) = deadline else {
-            return Box::pin(async move { call.await.map_err(status::from_balance_error) });
-        };
-        let target = self.inner.target_name().to_owned();
-        Box::pin(async move {
-            match tokio::time::timeout(after, call).await {
-                Ok(result) => result.map_err(status::from_balance_error),
-                Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
-                    "deadline of {after:?} exceeded before {target} answered"
-                ))),
-            }
-        })
+        }
     }
+}
+
+/// Boxes `call`, mapping its error to a status, and fails it with
+/// `DEADLINE_EXCEEDED` at `deadline` if there is one.
+///
+/// Combinators, not `async` blocks: a block stores the future it awaits
+/// twice (captured, and moved into its await), and every RPC's future is
+/// moved into its box whole. Each caller boxes its own future, so an RPC
+/// that is not hedged does not carry room for a hedge race.
+fn finish<F>(call: F, deadline: Option<Duration>, target: &str) -> ResponseFuture
+where
+    F: Future<Output = Result<http::Response<ResponseBody>, crate::BalanceError>> + Send + 'static,
+{
+    let Some(after) = deadline else {
+        return Box::pin(call.map_err(status::from_balance_error));
+    };
+    let target = target.to_owned();
+    Box::pin(
+        tokio::time::timeout(after, call).map(move |result| match result {
+            Ok(result) => result.map_err(status::from_balance_error),
+            Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
+                "deadline of {after:?} exceeded before {target} answered"
+            ))),
+        }),
+    )
 }
 
 /// True when `request` may be hedged: marked [`Idempotent`], or unmarked
@@ -254,28 +268,33 @@ fn hedgeable(hedging: &Hedging, request: &http::Request<RequestBody>) -> bool {
 /// shutdown's GOAWAY crossed it) goes to another pod, with its recorded
 /// body, once. The pod that refused it is avoided while another is
 /// pickable: it is likely still refusing.
-async fn send<S: HttpService<RequestBody>>(
+///
+/// The retry is chained with `then`, not written as an `async fn`, so that
+/// the RPC's future holds the first attempt or the retry, never both, and
+/// its arguments once (see [`finish`]).
+fn send<S: HttpService<RequestBody>, R: Borrow<Replay> + Send + 'static>(
     balancer: Balancer<http::Request<RequestBody>, S, CompleteOnStreamEnd>,
     request: http::Request<RequestBody>,
-    replay: impl Borrow<Replay>,
+    replay: R,
     tried: Option<Arc<Tried>>,
-) -> Result<http::Response<ResponseBody>, crate::BalanceError> {
-    let route = || tried.clone().map_or(Route::Any, Route::Tracked);
-    let first = balancer.dispatch_routed(request, route()).await;
-    match first {
+) -> impl Future<Output = Result<http::Response<ResponseBody>, crate::BalanceError>> + Send + 'static
+{
+    let route = |tried: &Option<Arc<Tried>>| tried.clone().map_or(Route::Any, Route::Tracked);
+    let first = balancer.dispatch_routed(request, route(&tried));
+    first.then(move |first| match first {
         Err(err) if replay::refused_unprocessed(&err) => match replay.borrow().again_after(&err) {
             Some(again) => {
                 tracing::debug!(%err, "RPC refused unprocessed; sending it to another pod");
-                let mut route = route();
+                let mut route = route(&tried);
                 if let crate::BalanceError::Endpoint { endpoint, .. } = &err {
                     route.not_sent_on(*endpoint);
                 }
-                balancer.dispatch_routed(again, route).await
+                Either::Left(balancer.dispatch_routed(again, route))
             }
-            None => Err(err),
+            None => Either::Right(std::future::ready(Err(err))),
         },
-        other => other,
-    }
+        other => Either::Right(std::future::ready(other)),
+    })
 }
 
 impl<S> Clone for Channel<S> {
@@ -293,5 +312,29 @@ impl<S> fmt::Debug for Channel<S> {
             .field("target", &self.inner.target_name())
             .field("timeout", &self.default_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every RPC's future is moved whole into its box, and copied on the way
+    /// there: it must stay small. It was 6 928 bytes while `send` (an
+    /// `async fn`) stored its arguments and the first attempt next to the
+    /// retry, and an RPC that is not hedged carried room for a hedge race.
+    #[tokio::test]
+    async fn the_boxed_rpc_future_stays_small() {
+        let channel = Channel::builder()
+            .build("127.0.0.1:9")
+            .expect("an IP literal target");
+        let request = http::Request::post("/grpc.health.v1.Health/Check")
+            .body(RequestBody::empty())
+            .expect("a valid request");
+        let (replay, request) = Replay::record(request, false);
+        let balancer = channel.inner.balancer.clone();
+        let call = send(balancer, request, replay, None).map_err(status::from_balance_error);
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 1280, "the boxed future is {size} bytes");
     }
 }

@@ -39,6 +39,7 @@
 //! earlier would take a body never sent for one that was.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,9 +132,11 @@ impl<T: Read + Unpin> Read for FirstByte<T> {
         if !this.quiet.load(Ordering::Acquire) {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
-        let mut scratch = [0u8; WATCH_READ];
+        // Uninitialized, not zeroed: zeroing 4 KiB on every watched read
+        // cost more than the read's copy.
+        let mut scratch = [const { MaybeUninit::<u8>::uninit() }; WATCH_READ];
         let len = buf.remaining().min(WATCH_READ);
-        let mut read = ReadBuf::new(&mut scratch[..len]);
+        let mut read = ReadBuf::uninit(&mut scratch[..len]);
         match Pin::new(&mut this.io).poll_read(cx, read.unfilled()) {
             Poll::Ready(Ok(())) => {
                 let filled = read.filled();
