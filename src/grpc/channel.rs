@@ -289,7 +289,9 @@ fn send<S: HttpService<RequestBody>, R: Borrow<Replay> + Send + 'static>(
                 if let crate::BalanceError::Endpoint { endpoint, .. } = &err {
                     route.not_sent_on(*endpoint);
                 }
-                Either::Left(balancer.dispatch_routed(again, route))
+                // Boxed: the retry is rare, and its room would be copied
+                // with every RPC's answer.
+                Either::Left(Box::pin(balancer.dispatch_routed(again, route)))
             }
             None => Either::Right(std::future::ready(Err(err))),
         },
