@@ -30,7 +30,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
 use super::endpoint::{EndpointSettings, Http2Settings};
@@ -344,7 +344,7 @@ where
             }))
         }
         Protocol::Http2 => {
-            let mut builder = http2::Builder::new(BoxingExecutor);
+            let mut builder = http2::Builder::new(TokioExecutor::new());
             // hyper needs a timer for keepalive pings (it panics without one).
             builder.timer(TokioTimer::new());
             builder
@@ -389,26 +389,5 @@ where
             pool.forget_idle();
         }
         pool.closed();
-    }
-}
-
-/// Spawns hyper's HTTP/2 tasks boxed.
-///
-/// hyper spawns one task per request (the request's stream) of its
-/// connection-future type, which is sized for the largest of its variants,
-/// the whole h2 connection: about 1.5 KiB, copied into the spawn and
-/// allocated with the task's cache-line alignment, on every request. Boxed,
-/// it is allocated and copied once, and the task itself is small (tonic's
-/// executor does the same).
-#[derive(Clone, Copy, Debug)]
-struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio::spawn(Box::pin(future));
     }
 }
