@@ -253,21 +253,14 @@ impl<S> Endpoint<S> {
         );
         let cost = |rtt: f64, pending: usize| (rtt + 1.0) * (pending as f64 + 1.0);
         let (cost_a, cost_b) = (cost(rtt_a, pending_a), cost(rtt_b, pending_b));
-        let (chosen, pending) = if cost_a <= cost_b {
-            (a, pending_a)
+        let (chosen, pending, now_ns) = if cost_a <= cost_b {
+            (a, pending_a, now_a)
         } else {
-            (b, pending_b)
+            (b, pending_b, now_b)
         };
         if both_measured {
             chosen.load.rtt.competitive();
-        } else if chosen.load.rtt.probe_due_at(
-            pending,
-            if std::ptr::eq(chosen, a) {
-                now_a
-            } else {
-                now_b
-            },
-        ) {
+        } else if chosen.load.rtt.probe_due_at(pending, now_ns) {
             chosen.load.rtt.start_probe(now);
         }
         (chosen, cost_a, cost_b)

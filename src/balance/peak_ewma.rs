@@ -167,9 +167,7 @@ impl PeakEwma {
     /// probe is at least that long ago.
     #[cfg(test)]
     pub(crate) fn probe_due(&self, pending: usize, now: Instant) -> bool {
-        pending == 0
-            && self.measured.load(Ordering::Relaxed)
-            && self.probe_due_at(pending, self.since_epoch(now))
+        self.probe_due_at(pending, self.since_epoch(now))
     }
 
     /// [`probe_due`](Self::probe_due) at `now_ns` ([`since_epoch`](Self::since_epoch)).
