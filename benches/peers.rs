@@ -7,6 +7,8 @@
 //! cargo bench --all-features --bench peers -- --quick      # smoke run, ~80 s
 //!     [--markdown PATH] [--json PATH] [--scenarios 1,2,…]
 //!     [--kinds KEY,…] [--concurrencies N,…] [--seconds S]
+//! cargo bench --all-features --bench peers -- --count [--kinds KEY,…]
+//!     [--concurrencies N] [--requests N]
 //! ```
 //!
 //! `--kinds` runs only the named contenders in scenarios 1 to 5
@@ -19,6 +21,17 @@
 //! ```text
 //! perf record -g -- target/release/deps/peers-HASH --scenarios 1 \
 //!     --kinds http-ours --concurrencies 16 --seconds 20
+//! ```
+//!
+//! `--count` counts instead of timing: what one request costs each of
+//! `--kinds` (default `http-ours,round-robin`) on a single client thread, at
+//! the first of `--concurrencies` (default 16) over `--requests` requests
+//! (default 20 000): allocations and CPU time per request, and a measured
+//! phase that callgrind can count alone (see `peers_core/count.rs`):
+//!
+//! ```text
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_phase*' \
+//!     target/release/deps/peers-HASH --count --kinds http-ours --requests 20000
 //! ```
 //!
 //! Defaults: `target/peers/report.md` and `target/peers/report.json`; SVG
@@ -51,6 +64,8 @@ fn main() -> ExitCode {
     let mut kinds = None;
     let mut concurrencies = None;
     let mut healthy_time = None;
+    let mut count = false;
+    let mut requests = 20_000;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -106,6 +121,19 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            "--count" => count = true,
+            "--requests" => {
+                let value = args.next().unwrap_or_default();
+                match value.parse::<u64>() {
+                    Ok(n) if (1..=100_000_000).contains(&n) => requests = n,
+                    _ => {
+                        eprintln!(
+                            "error: --requests takes a count from 1 to 100000000, e.g. 20000"
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             "--seconds" => {
                 let value = args.next().unwrap_or_default();
                 match value.parse::<f64>() {
@@ -120,6 +148,17 @@ fn main() -> ExitCode {
             }
             other => eprintln!("peers: ignoring argument {other:?}"),
         }
+    }
+    if count {
+        let kinds = kinds.unwrap_or_else(|| vec![Kind::HttpOurs, Kind::HttpRoundRobin]);
+        let concurrency = concurrencies.and_then(|c| c.first().copied()).unwrap_or(16);
+        let costs = peers_core::count::run(&kinds, concurrency, requests, 21);
+        println!("{}", peers_core::count::markdown(&costs, concurrency));
+        return if costs.len() == kinds.len() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let mut opts = Options::new(quick);
     if let Some(s) = scenarios {

@@ -45,3 +45,35 @@ fn quick_healthy_run_measures_every_contender() {
         );
     }
 }
+
+#[global_allocator]
+static ALLOC: peers_core::memory::Counting = peers_core::memory::Counting;
+
+#[test]
+fn count_mode_counts_the_client_thread_per_request() {
+    let kinds = [Kind::HttpOurs, Kind::HttpRoundRobin];
+    let costs = peers_core::count::run(&kinds, 4, 2_000, 41);
+    assert_eq!(
+        costs.len(),
+        kinds.len(),
+        "one cost per contender: {costs:#?}"
+    );
+    for cost in &costs {
+        assert_eq!(cost.failed, 0, "{}: requests failed", cost.kind.name());
+        // A request allocates on the client's thread (hyper's head, the
+        // response channel); the pods' allocations are left out of that.
+        assert!(
+            cost.allocations >= 1.0 && cost.allocations < cost.process_allocations,
+            "{}: {} allocations per request on the client's thread, {} in the process",
+            cost.kind.name(),
+            cost.allocations,
+            cost.process_allocations
+        );
+        assert!(cost.cpu_us.is_some_and(|us| us > 0.0), "{cost:?}");
+    }
+    let table = peers_core::count::markdown(&costs, 4);
+    assert!(
+        table.contains("headless-lb p2c") && table.contains("round-robin"),
+        "{table}"
+    );
+}

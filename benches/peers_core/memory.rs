@@ -2,6 +2,7 @@
 //! allocator that the bench binary installs (`#[global_allocator]`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 
 use tower::ServiceExt;
@@ -15,13 +16,24 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// Allocations made by this thread (no destructor, so it never goes away
+    /// while the thread runs; it allocates nothing).
+    static THREAD_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    let _ = THREAD_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
 // SAFETY: every call is forwarded unchanged to `System`; the counters are
 // plain atomics and allocate nothing.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         INSTALLED.store(true, Ordering::Relaxed);
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: the caller's contract is `System`'s.
         unsafe { System.alloc(layout) }
     }
@@ -33,7 +45,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         LIVE.fetch_add(
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
@@ -49,6 +61,12 @@ pub fn allocations() -> Option<u64> {
     INSTALLED
         .load(Ordering::Relaxed)
         .then(|| ALLOCATIONS.load(Ordering::Relaxed))
+}
+
+/// Heap allocations the calling thread made so far (0 when [`Counting`] is
+/// not the global allocator).
+pub fn thread_allocations() -> u64 {
+    THREAD_ALLOCATIONS.with(Cell::get)
 }
 
 /// Live heap bytes, or None when [`Counting`] is not the global allocator.

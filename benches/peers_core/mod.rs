@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod contenders;
+pub mod count;
 #[path = "../../examples/common/follow.rs"]
 pub mod follow;
 pub mod immediate;
