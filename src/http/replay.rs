@@ -235,8 +235,22 @@ pub(crate) struct GiveBack<B> {
 impl<B> KeptHead<B> {
     /// Copies `request`'s head and wraps its body, returning the request to
     /// send.
+    ///
+    /// The extensions move into the kept head instead of being copied: on
+    /// HTTP/2 hyper reads one request extension, its `Protocol` (extended
+    /// CONNECT), and h2 clears the rest before it opens the stream, so what
+    /// goes to hyper is only ever dropped. A request that carries a
+    /// `Protocol` keeps a copy and sends the original. (A copy of tonic's
+    /// extensions is three allocations per RPC.)
     pub(crate) fn take(request: http::Request<B>) -> (KeptHead<B>, http::Request<GiveBack<B>>) {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let extensions = if parts.extensions.get::<hyper::ext::Protocol>().is_some()
+            || parts.extensions.get::<h2::ext::Protocol>().is_some()
+        {
+            parts.extensions.clone()
+        } else {
+            std::mem::take(&mut parts.extensions)
+        };
         let slot = Arc::new(Slot {
             returned: Mutex::new(Returned::Out),
             released: tokio::sync::Notify::new(),
@@ -246,7 +260,7 @@ impl<B> KeptHead<B> {
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            extensions,
             slot: slot.clone(),
         };
         let body = GiveBack {
@@ -385,6 +399,37 @@ mod h2_tests {
         assert_eq!(back.extensions().get::<u32>(), Some(&42));
         let body = back.into_body().collect().await.unwrap();
         assert_eq!(body.to_bytes(), "payload");
+    }
+
+    /// h2 drops every request extension but the extended-CONNECT protocol,
+    /// so the extensions move to the kept head instead of being copied.
+    #[tokio::test]
+    async fn the_extensions_move_to_the_kept_head_unless_hyper_reads_one() {
+        let (saved, sent) = KeptHead::take(request());
+        assert!(sent.extensions().is_empty(), "moved, not copied");
+        drop(sent);
+        let Restored::Whole(back) = saved.restore().await else {
+            panic!("the body was never read");
+        };
+        assert_eq!(back.extensions().get::<u32>(), Some(&42));
+
+        let mut connect = request();
+        *connect.method_mut() = Method::CONNECT;
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let (saved, sent) = KeptHead::take(connect);
+        let protocol = |e: &http::Extensions| {
+            e.get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str().to_owned())
+        };
+        assert_eq!(protocol(sent.extensions()).as_deref(), Some("websocket"));
+        assert_eq!(sent.extensions().get::<u32>(), Some(&42));
+        drop(sent);
+        let Restored::Whole(back) = saved.restore().await else {
+            panic!("the body was never read");
+        };
+        assert_eq!(protocol(back.extensions()).as_deref(), Some("websocket"));
     }
 
     #[tokio::test]
