@@ -2,7 +2,8 @@
 //! say whether it succeeded.
 //!
 //! HTTP: our balanced `http::Client` (P2C), round-robin and random baselines
-//! over the same per-pod endpoints, a plain hyper-util client to one pod, and
+//! over the same per-pod endpoints (HTTP/1.1; ours and round-robin over h2c
+//! too, in scenario 1 only), a plain hyper-util client to one pod, and
 //! the tower stack a user would write today (`Buffer<Balance<PeakEwma<…>>>`
 //! over one hyper-util client per pod, fed by our `DnsDiscover`).
 //!
@@ -60,6 +61,10 @@ pub enum Kind {
     HttpOurs,
     /// Round-robin over per-pod `HttpEndpoint`s that follow DNS.
     HttpRoundRobin,
+    /// `headless_lb::http::Client` over h2c (HTTP/2 with prior knowledge).
+    H2cOurs,
+    /// Round-robin over per-pod h2c `HttpEndpoint`s that follow DNS.
+    H2cRoundRobin,
     /// A random pod, over the same endpoints.
     HttpRandom,
     /// One plain hyper-util client to the first pod: the no-balancer limit.
@@ -78,9 +83,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::HttpOurs,
         Kind::HttpRoundRobin,
+        Kind::H2cOurs,
+        Kind::H2cRoundRobin,
         Kind::HttpRandom,
         Kind::HttpDirect,
         Kind::HttpTower,
@@ -94,6 +101,8 @@ impl Kind {
         match self {
             Kind::HttpOurs => "headless-lb p2c",
             Kind::HttpRoundRobin => "round-robin",
+            Kind::H2cOurs => "headless-lb p2c, h2c",
+            Kind::H2cRoundRobin => "round-robin, h2c",
             Kind::HttpRandom => "random",
             Kind::HttpDirect => "hyper-util, 1 pod",
             Kind::HttpTower => "tower Buffer<Balance<PeakEwma>>",
@@ -108,6 +117,8 @@ impl Kind {
         match self {
             Kind::HttpOurs
             | Kind::HttpRoundRobin
+            | Kind::H2cOurs
+            | Kind::H2cRoundRobin
             | Kind::HttpRandom
             | Kind::HttpDirect
             | Kind::HttpTower => Protocol::Http,
@@ -122,6 +133,8 @@ impl Kind {
         match self {
             Kind::HttpOurs => "http-ours",
             Kind::HttpRoundRobin => "round-robin",
+            Kind::H2cOurs => "h2c-ours",
+            Kind::H2cRoundRobin => "h2c-round-robin",
             Kind::HttpRandom => "random",
             Kind::HttpDirect => "direct",
             Kind::HttpTower => "http-tower",
@@ -132,9 +145,27 @@ impl Kind {
         }
     }
 
-    /// The contender the others of its protocol are compared with.
+    /// What goes over the wire, as tables name it: `http` (HTTP/1.1),
+    /// `h2c` or `grpc`. The pods (`protocol`) serve HTTP/1.1 and h2c alike.
+    pub fn wire(self) -> &'static str {
+        match self {
+            Kind::H2cOurs | Kind::H2cRoundRobin => "h2c",
+            _ => match self.protocol() {
+                Protocol::Http => "http",
+                Protocol::Grpc => "grpc",
+            },
+        }
+    }
+
+    /// The contender the others of its wire protocol are compared with.
     pub fn is_ours(self) -> bool {
-        matches!(self, Kind::HttpOurs | Kind::GrpcOurs)
+        matches!(self, Kind::HttpOurs | Kind::H2cOurs | Kind::GrpcOurs)
+    }
+
+    /// True for the h2c pair, which only scenario 1 (healthy pods) runs:
+    /// the fault scenarios measure the balancer, the same over either HTTP.
+    pub fn healthy_only(self) -> bool {
+        matches!(self, Kind::H2cOurs | Kind::H2cRoundRobin)
     }
 
     /// False for the one-pod client, which balances nothing.
@@ -241,9 +272,15 @@ pub async fn build(kind: Kind, target: &str, nameserver: SocketAddr) -> Result<C
     let parsed: Target = target.parse().map_err(|e| format!("{target}: {e}"))?;
     let mut tasks = Vec::new();
     let sender = match kind {
-        Kind::HttpOurs => {
+        Kind::HttpOurs | Kind::H2cOurs => {
+            let version = if kind == Kind::H2cOurs {
+                HttpVersion::Http2
+            } else {
+                HttpVersion::Http1
+            };
             let client: headless_lb::http::Client = headless_lb::http::Client::builder()
                 .nameserver(nameserver)
+                .protocol(version)
                 .build(target)
                 .map_err(|e| e.to_string())?;
             first_endpoints(client.discovery()).await?;
@@ -256,11 +293,16 @@ pub async fn build(kind: Kind, target: &str, nameserver: SocketAddr) -> Result<C
                 })
             })
         }
-        Kind::HttpRoundRobin | Kind::HttpRandom => {
+        Kind::HttpRoundRobin | Kind::H2cRoundRobin | Kind::HttpRandom => {
             let discovery = discovery(&parsed, nameserver)?;
             first_endpoints(&discovery).await?;
             let authority = parsed.authority().parse().map_err(|e| format!("{e}"))?;
-            let builder = HttpEndpointBuilder::new(HttpVersion::Http1).authority(authority);
+            let version = if kind == Kind::H2cRoundRobin {
+                HttpVersion::Http2
+            } else {
+                HttpVersion::Http1
+            };
+            let builder = HttpEndpointBuilder::new(version).authority(authority);
             let endpoints = Arc::new(ArcSwap::from_pointee(Vec::new()));
             let published = endpoints.clone();
             tasks.push(tokio::spawn(super::follow::follow(

@@ -49,7 +49,7 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         latency_by_percentile(&path, &title, &curves)?;
         written.push(path);
     }
-    for protocol in ["http", "grpc"] {
+    for protocol in ["http", "h2c", "grpc"] {
         let rows: Vec<&LoadRow> = report
             .healthy
             .iter()

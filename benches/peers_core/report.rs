@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::contenders::Kind;
 use super::load::{OpenSummary, Summary, round};
 use super::scenarios::{
-    OPEN_BOUND, OPEN_CAPACITY, OPEN_DELAY, PAUSE, PAUSE_EVERY, QUARTER_CAPACITY, protocol_name,
+    OPEN_BOUND, OPEN_CAPACITY, OPEN_DELAY, PAUSE, PAUSE_EVERY, QUARTER_CAPACITY,
 };
 
 /// Everything one run measured.
@@ -218,7 +218,7 @@ macro_rules! failed_ctor {
             pub fn failed(kind: Kind, error: String) -> $row {
                 $row {
                     contender: kind.name().to_owned(),
-                    protocol: protocol_name(kind.protocol()),
+                    protocol: kind.wire().to_owned(),
                     error: Some(error),
                     $($field: $value),*
                 }
@@ -254,7 +254,7 @@ impl LoadRow {
     pub fn failed(kind: Kind, concurrency: usize, error: String) -> LoadRow {
         LoadRow {
             contender: kind.name().to_owned(),
-            protocol: protocol_name(kind.protocol()),
+            protocol: kind.wire().to_owned(),
             concurrency,
             summary: None,
             cpu_us_per_request: None,
@@ -701,7 +701,9 @@ fn last_failure(row: &KillRow) -> String {
 }
 
 fn is_ours(contender: &str) -> bool {
-    contender == Kind::HttpOurs.name() || contender == Kind::GrpcOurs.name()
+    Kind::ALL
+        .iter()
+        .any(|k| k.is_ours() && k.name() == contender)
 }
 
 // ===== open loop =====

@@ -327,7 +327,12 @@ impl Default for Tally {
 
 fn slow_pod(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<SlowRow> {
     let mut rows = Vec::new();
-    for kind in opts.kinds.iter().copied().filter(|k| k.balances()) {
+    for kind in opts
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| k.balances() && !k.healthy_only())
+    {
         let protocol = kind.protocol();
         let setup = Setup {
             listed: opts.pods,
@@ -374,7 +379,12 @@ fn pod_killed(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Kil
     let mut rows = Vec::new();
     let run_for = opts.secs(5.0, 1.5);
     let kill_at = opts.secs(1.5, 0.5);
-    for kind in opts.kinds.iter().copied().filter(|k| k.balances()) {
+    for kind in opts
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| k.balances() && !k.healthy_only())
+    {
         let protocol = kind.protocol();
         let setup = Setup {
             listed: opts.pods,
@@ -449,7 +459,12 @@ fn scale_up(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Scale
     // ginepro probes DNS every 10 s by default: wait long enough to see it.
     let give_up = opts.secs(14.0, 3.0);
     let share_window = opts.secs(2.0, 0.5);
-    for kind in opts.kinds.iter().copied().filter(|k| k.balances()) {
+    for kind in opts
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| k.balances() && !k.healthy_only())
+    {
         let protocol = kind.protocol();
         let n = opts.pods;
         let setup = Setup {
@@ -530,7 +545,13 @@ fn dns_load(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<DnsRo
     // queries are counted apart), all idle at once over the same window.
     let mut idle = Vec::new();
     let mut rows = Vec::new();
-    for (i, kind) in opts.kinds.iter().copied().enumerate() {
+    for (i, kind) in opts
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| !k.healthy_only())
+        .enumerate()
+    {
         let protocol = kind.protocol();
         if !kind.balances() {
             rows.push(DnsRow {
@@ -579,7 +600,7 @@ fn dns_load(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<DnsRo
         ));
         rows.push(DnsRow {
             contender: kind.name().to_owned(),
-            protocol: protocol_name(kind.protocol()),
+            protocol: kind.wire().to_owned(),
             queries_per_minute: Some(round(per_minute, 1)),
             error: None,
         });
@@ -613,7 +634,7 @@ impl LoadRow {
     fn of(kind: Kind, concurrency: usize, summary: Summary) -> LoadRow {
         LoadRow {
             contender: kind.name().to_owned(),
-            protocol: protocol_name(kind.protocol()),
+            protocol: kind.wire().to_owned(),
             concurrency,
             summary: Some(summary),
             cpu_us_per_request: None,
@@ -760,7 +781,7 @@ fn open_row(
     ));
     OpenRow {
         contender: contender.label.clone(),
-        protocol: protocol_name(contender.kind.protocol()),
+        protocol: contender.kind.wire().to_owned(),
         hedges,
         hedges_refused,
         pauses: Some(pauses - pauses_before),
@@ -975,6 +996,7 @@ fn healthy_targets(rows: &[LoadRow]) -> Vec<Target> {
         let cpu = |kind| find(kind, c).and_then(|r| r.cpu_us_per_request);
         for (ours, peer, at_least) in [
             (Kind::HttpOurs, Kind::HttpRoundRobin, 0.95),
+            (Kind::H2cOurs, Kind::H2cRoundRobin, 0.95),
             (Kind::GrpcOurs, Kind::GrpcTonic, 1.0),
             (Kind::GrpcOurs, Kind::GrpcGinepro, 1.0),
         ] {
@@ -993,16 +1015,22 @@ fn healthy_targets(rows: &[LoadRow]) -> Vec<Target> {
                 round(1.0 / at_least, 3),
             ));
         }
-        if find(Kind::HttpOurs, c).is_some() && find(Kind::HttpRoundRobin, c).is_some() {
+        for (ours, baseline) in [
+            (Kind::HttpOurs, Kind::HttpRoundRobin),
+            (Kind::H2cOurs, Kind::H2cRoundRobin),
+        ] {
+            if find(ours, c).is_none() || find(baseline, c).is_none() {
+                continue;
+            }
             out.push(Target::ratio(
                 1,
                 format!(
                     "{} client CPU/request / {}'s, {c} in flight",
-                    Kind::HttpOurs.name(),
-                    Kind::HttpRoundRobin.name()
+                    ours.name(),
+                    baseline.name()
                 ),
-                cpu(Kind::HttpOurs),
-                cpu(Kind::HttpRoundRobin),
+                cpu(ours),
+                cpu(baseline),
                 1.1,
             ));
         }
