@@ -174,6 +174,30 @@ async fn pauses_start_at_poisson_times() {
     assert_eq!(pod.pauses(), n, "turned off");
 }
 
+/// Pods given the same seed pause at the same moments of their schedules;
+/// another seed gives other moments. Under the paused clock, so exactly.
+#[tokio::test(start_paused = true)]
+async fn a_seeded_pause_schedule_repeats() {
+    let pods = [
+        Pod::start(addr("127.0.0.191:0")).await.unwrap(),
+        Pod::start(addr("127.0.0.192:0")).await.unwrap(),
+        Pod::start(addr("127.0.0.193:0")).await.unwrap(),
+    ];
+    let (every, pause) = (Duration::from_millis(100), Duration::from_millis(1));
+    pods[0].set_pauses_seeded(every, pause, 7);
+    pods[1].set_pauses_seeded(every, pause, 7);
+    pods[2].set_pauses_seeded(every, pause, 8);
+    let mut differed = false;
+    for second in 1..=10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let counts = pods.each_ref().map(Pod::pauses);
+        assert_eq!(counts[0], counts[1], "same seed, at {second} s: {counts:?}");
+        differed |= counts[2] != counts[0];
+    }
+    assert!(pods[0].pauses() > 50, "{} pauses in 10 s", pods[0].pauses());
+    assert!(differed, "another seed, another schedule");
+}
+
 #[cfg(feature = "tonic")]
 mod grpc {
     use super::*;

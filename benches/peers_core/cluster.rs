@@ -161,11 +161,12 @@ impl Pods {
         }
     }
 
-    /// Stop-the-world pauses of `pause` on pod `i`, at Poisson times `every` apart on average.
-    pub fn set_pauses(&self, i: usize, every: Duration, pause: Duration) {
+    /// Stop-the-world pauses of `pause` on pod `i`, at Poisson times `every`
+    /// apart on average, on the schedule `seed` fixes (counted from now).
+    pub fn set_pauses(&self, i: usize, every: Duration, pause: Duration, seed: u64) {
         match self {
-            Pods::Http(p) => p[i].set_pauses(every, pause),
-            Pods::Grpc(p) => p[i].set_pauses(every, pause),
+            Pods::Http(p) => p[i].set_pauses_seeded(every, pause, seed),
+            Pods::Grpc(p) => p[i].set_pauses_seeded(every, pause, seed),
         }
     }
 

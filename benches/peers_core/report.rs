@@ -50,6 +50,9 @@ pub struct OpenRow {
     pub hedges: Option<u64>,
     /// Hedges that were due in the window but that the budget refused.
     pub hedges_refused: Option<u64>,
+    /// The hedge delay in use, sampled every 100 ms over the window: least,
+    /// median and most, in ms (a contender that hedges).
+    pub hedge_delay_ms: Option<[f64; 3]>,
     /// Pauses the pods started in the measured window.
     pub pauses: Option<u64>,
     /// The first pod's share of the requests answered in the window.
@@ -65,6 +68,7 @@ impl OpenRow {
             summary: None,
             hedges: None,
             hedges_refused: None,
+            hedge_delay_ms: None,
             pauses: None,
             first_pod_share: None,
             error: Some(error),
@@ -722,8 +726,9 @@ impl Report {
              the capacity, {:.0} req/s, latency from each request's intended start, \
              at most {OPEN_BOUND} in flight. The fixed hedge delay is the reference \
              row's p95 rounded up: {} ms. `sent`: requests sent in the measured \
-             window; `extra`: hedges sent / requests sent, and the hedges that were \
-             due but that the budget refused.\n",
+             window; `extra`: hedges sent / requests sent, the hedges that were \
+             due but that the budget refused, and the hedge delay in use (sampled \
+             every 100 ms: least, median, most).\n",
             OPEN_DELAY.as_millis(),
             section.capacity_rps,
             PAUSE.as_millis(),
@@ -803,7 +808,15 @@ fn open_table(md: &mut String, rows: &[OpenRow], shares: bool) {
                     let refused = row
                         .hedges_refused
                         .map_or_else(String::new, |r| format!(", {r} refused"));
-                    format!("{h} ({:.2} %){refused}", 100.0 * h as f64 / s.sent as f64)
+                    let delay = row
+                        .hedge_delay_ms
+                        .map_or_else(String::new, |[lo, mid, hi]| {
+                            format!(", delay {lo:.2}/{mid:.2}/{hi:.2} ms")
+                        });
+                    format!(
+                        "{h} ({:.2} %){refused}{delay}",
+                        100.0 * h as f64 / s.sent as f64
+                    )
                 }
                 _ => "—".to_owned(),
             }

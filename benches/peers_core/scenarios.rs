@@ -684,6 +684,9 @@ pub const OPEN_BOUND: usize = 1024;
 pub const PAUSE: Duration = Duration::from_millis(80);
 /// …starting at Poisson times this far apart on average, on every pod.
 pub const PAUSE_EVERY: Duration = Duration::from_secs(2);
+/// Seed of the first pod's pause schedule in scenario 7 (the others take the
+/// next numbers); chosen once, not tuned.
+pub const PAUSE_SEED: u64 = 13;
 /// Hedges a hedged contender may send at once (at least the requests in
 /// flight on one pod, which a pause holds together).
 pub const HEDGE_BURST: u32 = 32;
@@ -750,12 +753,25 @@ fn open_row(
         .sum();
     let hedges_before = contender.hedge_counts().unwrap_or((0, 0));
     let before = cluster.requests();
-    let run: OpenRun = client_rt.block_on(open_loop(
-        contender.sender.fork(),
-        rate,
-        run_for,
-        OPEN_BOUND,
-    ));
+    let (run, delays): (OpenRun, Vec<f64>) = client_rt.block_on(async {
+        let run = open_loop(contender.sender.fork(), rate, run_for, OPEN_BOUND);
+        tokio::pin!(run);
+        // The delay a hedging contender uses, every 100 ms while the run lasts.
+        let mut delays = Vec::new();
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        let run = loop {
+            tokio::select! {
+                run = &mut run => break run,
+                _ = every.tick() => {
+                    let hedging = contender.hedged.as_ref().and_then(|c| c.stats().hedging);
+                    if let Some(delay) = hedging.and_then(|h| h.delay) {
+                        delays.push(delay.as_secs_f64() * 1e3);
+                    }
+                }
+            }
+        };
+        (run, delays)
+    });
     let served = shares(&before, &cluster.requests());
     let pauses: u64 = (0..cluster.pods.len())
         .map(|i| cluster.pods.pauses(i))
@@ -766,6 +782,7 @@ fn open_row(
         .map(|(sent, refused)| (sent - hedges_before.0, refused - hedges_before.1));
     let hedges = counts.map(|(sent, _)| sent);
     let hedges_refused = counts.map(|(_, refused)| refused);
+    let hedge_delay_ms = spread(delays);
     progress(format_args!(
         "{scenario} {}: {} req/s asked, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms, {} errors ({} overload), hedges {:?}, refused {:?}",
         contender.label,
@@ -784,11 +801,19 @@ fn open_row(
         protocol: contender.kind.wire().to_owned(),
         hedges,
         hedges_refused,
+        hedge_delay_ms,
         pauses: Some(pauses - pauses_before),
         first_pod_share: served.first().copied(),
         summary: Some(summary),
         error: None,
     }
+}
+
+/// The least, median and most of `samples`; None if there are none.
+fn spread(mut samples: Vec<f64>) -> Option<[f64; 3]> {
+    samples.sort_by(f64::total_cmp);
+    let (first, last) = (*samples.first()?, *samples.last()?);
+    Some([first, samples[samples.len() / 2], last].map(|ms| round(ms, 3)))
 }
 
 /// Measures the capacity with `kind` and returns half of it (rounded to 10
@@ -849,9 +874,15 @@ fn pauses(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Option<Open
     let healthy_p95 = reference.summary.as_ref().map_or(0.0, |s| s.p95_ms);
     // A fixed hedge delay near the healthy p95, in whole tenths of a millisecond.
     let hedge_after = Duration::from_secs_f64((healthy_p95 * 10.0).ceil().max(1.0) / 1e4);
+    // Every contender meets the same pauses at the same moments of its
+    // measured window (each pod's schedule is seeded, and starts with the
+    // window), so that their tails compare pause for pause rather than luck
+    // against luck: a window of 15 s holds about 30 pauses, give or take 6.
     let pause_all = |cluster: &Cluster| {
         for i in 0..cluster.pods.len() {
-            cluster.pods.set_pauses(i, PAUSE_EVERY, PAUSE);
+            cluster
+                .pods
+                .set_pauses(i, PAUSE_EVERY, PAUSE, PAUSE_SEED + i as u64);
         }
     };
     let mut makes: Vec<Make> = Vec::new();

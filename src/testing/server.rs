@@ -260,7 +260,7 @@ impl Drop for Server {
         // The pause schedule would otherwise run for ever.
         self.conns
             .variance
-            .set_pauses(Duration::ZERO, Duration::ZERO);
+            .set_pauses(Duration::ZERO, Duration::ZERO, None);
     }
 }
 
@@ -365,8 +365,9 @@ impl Variance {
         self.gate.pauses.load(Ordering::Relaxed)
     }
 
-    /// See `Pod::set_pauses`.
-    pub(crate) fn set_pauses(&self, every: Duration, pause: Duration) {
+    /// See `Pod::set_pauses` and `Pod::set_pauses_seeded`: `seed` fixes the
+    /// schedule, `None` draws one.
+    pub(crate) fn set_pauses(&self, every: Duration, pause: Duration, seed: Option<u64>) {
         let mut schedule = lock(&self.schedule);
         if let Some(old) = schedule.take() {
             old.abort();
@@ -376,7 +377,7 @@ impl Variance {
         }
         let gate = self.gate.clone();
         *schedule = Some(self.runtime.spawn(async move {
-            let mut rng = fastrand::Rng::new();
+            let mut rng = seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
             let mut next = Instant::now();
             // Runs until aborted (by the next `set_pauses` or the pod's
             // drop); each turn sleeps a random interval first.
@@ -624,7 +625,21 @@ macro_rules! pod_lifecycle {
             /// later. Replaces the previous schedule; `every` or `pause`
             /// zero turns pauses off. Default: off.
             pub fn set_pauses(&self, every: std::time::Duration, pause: std::time::Duration) {
-                self.server.variance().set_pauses(every, pause);
+                self.server.variance().set_pauses(every, pause, None);
+            }
+
+            /// [`set_pauses`](Self::set_pauses) on a schedule fixed by
+            /// `seed`: the same seed gives the same intervals between
+            /// pauses, counted from this call. For comparisons in which
+            /// every contender must meet the same pauses at the same
+            /// moments of its run.
+            pub fn set_pauses_seeded(
+                &self,
+                every: std::time::Duration,
+                pause: std::time::Duration,
+                seed: u64,
+            ) {
+                self.server.variance().set_pauses(every, pause, Some(seed));
             }
 
             /// Starts one pause now, lasting `pause`, with the effect
