@@ -13,10 +13,11 @@
 //!
 //! `--kinds` runs only the named contenders in scenarios 1 to 5
 //! (`http-ours`, `round-robin`, `h2c-ours`, `h2c-round-robin` (scenario 1
-//! only), `random`, `direct`, `http-tower`, `grpc-ours`, `tonic`, `ginepro`), `--concurrencies` sets scenario 1's,
-//! and `--seconds` how long each contender runs at each of them (2 s by
-//! default, in 8 rounds that alternate the contenders' order). Together they
-//! run one contender long enough to profile it:
+//! only), `random`, `direct`, `http-tower`, `grpc-ours`, `tonic`,
+//! `ginepro`), `--concurrencies` sets scenario 1's, and `--seconds` how long
+//! each contender runs at each of them (2 s by default, in 8 rounds that
+//! alternate the contenders' order). Together they run one contender long
+//! enough to profile it:
 //!
 //! ```text
 //! perf record -g -- target/release/deps/peers-HASH --scenarios 1 \
