@@ -157,6 +157,14 @@ impl Kind {
         }
     }
 
+    /// The HTTP version an HTTP contender of ours or round-robin speaks.
+    fn http_version(self) -> HttpVersion {
+        match self {
+            Kind::H2cOurs | Kind::H2cRoundRobin => HttpVersion::Http2,
+            _ => HttpVersion::Http1,
+        }
+    }
+
     /// The contender the others of its wire protocol are compared with.
     pub fn is_ours(self) -> bool {
         matches!(self, Kind::HttpOurs | Kind::H2cOurs | Kind::GrpcOurs)
@@ -273,14 +281,9 @@ pub async fn build(kind: Kind, target: &str, nameserver: SocketAddr) -> Result<C
     let mut tasks = Vec::new();
     let sender = match kind {
         Kind::HttpOurs | Kind::H2cOurs => {
-            let version = if kind == Kind::H2cOurs {
-                HttpVersion::Http2
-            } else {
-                HttpVersion::Http1
-            };
             let client: headless_lb::http::Client = headless_lb::http::Client::builder()
                 .nameserver(nameserver)
-                .protocol(version)
+                .protocol(kind.http_version())
                 .build(target)
                 .map_err(|e| e.to_string())?;
             first_endpoints(client.discovery()).await?;
@@ -297,12 +300,7 @@ pub async fn build(kind: Kind, target: &str, nameserver: SocketAddr) -> Result<C
             let discovery = discovery(&parsed, nameserver)?;
             first_endpoints(&discovery).await?;
             let authority = parsed.authority().parse().map_err(|e| format!("{e}"))?;
-            let version = if kind == Kind::H2cRoundRobin {
-                HttpVersion::Http2
-            } else {
-                HttpVersion::Http1
-            };
-            let builder = HttpEndpointBuilder::new(version).authority(authority);
+            let builder = HttpEndpointBuilder::new(kind.http_version()).authority(authority);
             let endpoints = Arc::new(ArcSwap::from_pointee(Vec::new()));
             let published = endpoints.clone();
             tasks.push(tokio::spawn(super::follow::follow(

@@ -23,11 +23,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use super::cluster::{Cluster, pods_runtime};
 use super::contenders::{Kind, Sender, build};
-use super::memory;
+use super::{load, memory};
 
 /// The pods behind the name, as in scenario 1.
 const PODS: usize = 4;
@@ -45,7 +44,6 @@ pub struct Cost {
     /// CPU time of the client's thread, per request, in µs; None where
     /// `/proc/thread-self/schedstat` cannot be read.
     pub cpu_us: Option<f64>,
-    pub elapsed: Duration,
 }
 
 /// Counts each of `kinds` in turn: `requests / 10` warm-up requests, then
@@ -88,9 +86,7 @@ fn count(
     let cpu_before = thread_cpu_ns();
     let allocations_before = memory::thread_allocations();
     let process_before = memory::allocations().unwrap_or(0);
-    let start = Instant::now();
     let failed = measured_phase(&client, &*contender.sender, concurrency, requests);
-    let elapsed = start.elapsed();
     let allocations = memory::thread_allocations() - allocations_before;
     let process_allocations = memory::allocations().unwrap_or(0) - process_before;
     let cpu_us = thread_cpu_ns()
@@ -106,7 +102,6 @@ fn count(
         allocations: allocations as f64 / requests as f64,
         process_allocations: process_allocations as f64 / requests as f64,
         cpu_us,
-        elapsed,
     })
 }
 
@@ -144,7 +139,7 @@ fn send_all(
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                         .is_ok()
                     {
-                        let ok = tokio::time::timeout(super::load::REQUEST_TIMEOUT, sender.send())
+                        let ok = tokio::time::timeout(load::REQUEST_TIMEOUT, sender.send())
                             .await
                             .unwrap_or(false);
                         if !ok {
@@ -163,12 +158,7 @@ fn send_all(
 
 /// CPU time of the calling thread so far, in ns.
 fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    load::schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
 }
 
 /// The Markdown table of `costs`, with each row's ratio to the first's.

@@ -97,19 +97,23 @@ pub fn client_cpu_ns() -> Option<u64> {
         if !comm.starts_with("client") {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
-            continue;
-        };
-        if let Some(ns) = stat
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
-        {
+        if let Some(ns) = schedstat_ns(&path.join("schedstat")) {
             total += ns;
             seen = true;
         }
     }
     seen.then_some(total)
+}
+
+/// The CPU time, in ns, that a `/proc/…/schedstat` file reports (its
+/// first field).
+pub fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Throughput and latency of a run.

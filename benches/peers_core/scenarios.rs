@@ -333,7 +333,6 @@ fn slow_pod(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<SlowR
         .copied()
         .filter(|k| k.balances() && !k.healthy_only())
     {
-        let protocol = kind.protocol();
         let setup = Setup {
             listed: opts.pods,
             ttl: STEADY_TTL,
@@ -364,7 +363,7 @@ fn slow_pod(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<SlowR
         ));
         rows.push(SlowRow {
             contender: kind.name().to_owned(),
-            protocol: protocol_name(protocol),
+            protocol: kind.wire().to_owned(),
             summary: Some(summary),
             slow_share: Some(slow_share),
             error: None,
@@ -385,7 +384,6 @@ fn pod_killed(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Kil
         .copied()
         .filter(|k| k.balances() && !k.healthy_only())
     {
-        let protocol = kind.protocol();
         let setup = Setup {
             listed: opts.pods,
             ttl: STEADY_TTL,
@@ -439,7 +437,7 @@ fn pod_killed(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Kil
         ));
         rows.push(KillRow {
             contender: kind.name().to_owned(),
-            protocol: protocol_name(protocol),
+            protocol: kind.wire().to_owned(),
             failed: Some(failures.len() as u64),
             last_failure_ms: last_failure,
             run_after_kill_ms: Some(ms(run.elapsed.saturating_sub(kill_offset))),
@@ -465,7 +463,6 @@ fn scale_up(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Scale
         .copied()
         .filter(|k| k.balances() && !k.healthy_only())
     {
-        let protocol = kind.protocol();
         let n = opts.pods;
         let setup = Setup {
             listed: n - 1,
@@ -524,7 +521,7 @@ fn scale_up(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<Scale
         ));
         rows.push(ScaleUpRow {
             contender: kind.name().to_owned(),
-            protocol: protocol_name(protocol),
+            protocol: kind.wire().to_owned(),
             first_request_ms: first.map(ms),
             gave_up_after_ms: ms(give_up),
             new_pod_share: share,
@@ -556,7 +553,7 @@ fn dns_load(opts: &Options, pods_rt: &Runtime, client_rt: &Runtime) -> Vec<DnsRo
         if !kind.balances() {
             rows.push(DnsRow {
                 contender: kind.name().to_owned(),
-                protocol: protocol_name(protocol),
+                protocol: kind.wire().to_owned(),
                 queries_per_minute: None,
                 error: Some("resolves once, at start".to_owned()),
             });
@@ -620,14 +617,6 @@ fn scale() -> ScaleRow {
         pick,
         throughput,
     }
-}
-
-pub fn protocol_name(protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Http => "http",
-        Protocol::Grpc => "grpc",
-    }
-    .to_owned()
 }
 
 impl LoadRow {
